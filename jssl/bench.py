@@ -1,0 +1,110 @@
+"""Throughput and memory of a config's train step on synthetic batches (no dataset needed).
+
+  python -m jssl.bench --config=configs/simclr.py:demo
+  python -m jssl.bench --config=configs/mae.py --config.batch_size=8 --steps=3
+
+Prints compile time, ms/step, img/s, FLOPs per step (XLA cost analysis), achieved TFLOP/s and MFU when the
+device's peak is known, and memory (XLA's compiled memory analysis; the allocator's peak on GPU/TPU).
+"""
+import json
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from jssl.config import ConfigError, check_config, config_value, fail, parse_flags
+from jssl.train import sharding
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/mae.py:demo.')
+_STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps (after one warm-up step).')
+_JSON = flags.DEFINE_string('json', None, 'Also write the figures to this JSON file.')
+
+# Dense peak FLOP/s per chip for bf16 (fp32 on CPU is not listed: MFU is not reported there).
+PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'TPU v4': 275e12, 'TPU v5 lite': 197e12,
+              'TPU v5e': 197e12, 'TPU v5p': 459e12, 'TPU v6 lite': 918e12}
+
+
+def device_peak_flops(device):
+  kind = device.device_kind
+  for name, flops in PEAK_FLOPS.items():
+    if name.lower() in kind.lower():
+      return flops
+  return None
+
+
+def synthetic_batch(config, mesh, seed=0):
+  from jssl.train.loop import example_batch
+  rng = np.random.default_rng(seed)
+  batch = jax.tree.map(lambda s: rng.integers(0, 256, s.shape, dtype=np.uint8), example_batch(config))
+  per_host = jax.tree.map(lambda x: x[:x.shape[0] // jax.process_count()], batch)
+  from jssl.data.loader import to_global
+  return to_global(per_host, mesh)
+
+
+def benchmark(config, steps=5):
+  from jssl.train.loop import Trainer
+  trainer = Trainer(config, workdir=None, num_records=max(config.batch_size * 1000, 1))
+  state = trainer.init_state(jax.random.PRNGKey(config.seed))
+  batch = synthetic_batch(config, trainer.mesh)
+  t0 = time.perf_counter()
+  compiled = trainer.train_step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - t0
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get('flops', 0.)) if cost else 0.
+  mem = compiled.memory_analysis()
+  state, metrics = compiled(state, batch)  # warm-up
+  jax.block_until_ready(metrics)
+  times = []
+  for _ in range(steps):
+    t = time.perf_counter()
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - t)
+  step_s = float(np.median(times))
+  devices = jax.devices()
+  result = {
+      'config_method': config.method, 'backbone': config.backbone.name, 'batch_size': config.batch_size,
+      'dtype': config.dtype, 'devices': len(devices), 'device_kind': devices[0].device_kind,
+      'compile_s': round(compile_s, 2), 'ms_per_step': round(step_s * 1e3, 1),
+      'img_per_s': round(config.batch_size / step_s, 1),
+      # cost analysis is of the per-device program; the step does that on every device
+      'gflops_per_step': round(flops * len(devices) / 1e9, 2),
+      'achieved_tflops_per_device': round(flops / step_s / 1e12, 3),
+      'loss': float(metrics['loss']),
+  }
+  peak = device_peak_flops(devices[0])
+  if peak and flops:
+    result['mfu'] = round(flops / step_s / peak, 4)
+  if mem is not None:
+    result['compiled_memory_mb'] = {
+        'arguments': round(mem.argument_size_in_bytes / 2**20, 1), 'outputs': round(mem.output_size_in_bytes / 2**20, 1),
+        'temporaries': round(mem.temp_size_in_bytes / 2**20, 1),
+        'generated_code': round(mem.generated_code_size_in_bytes / 2**20, 1)}
+  stats = devices[0].memory_stats() if hasattr(devices[0], 'memory_stats') else None
+  if stats and 'peak_bytes_in_use' in stats:
+    result['peak_memory_mb'] = round(stats['peak_bytes_in_use'] / 2**20, 1)
+  return result
+
+
+def main(argv):
+  del argv
+  config = config_value(_CONFIG)
+  try:
+    check_config(config)
+  except ConfigError as e:
+    fail(str(e))
+  result = benchmark(config, _STEPS.value)
+  for k, v in result.items():
+    print(f'{k:28s} {v}')
+  if _JSON.value:
+    with open(_JSON.value, 'w') as f:
+      json.dump(result, f, indent=2)
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=parse_flags)

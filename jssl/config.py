@@ -1,0 +1,147 @@
+"""Pieces every config under configs/ shares: the run-level fields, the data blocks for ImageNet and for the
+embedded digits demo, and validation that turns a bad config into a one-line error."""
+import sys
+
+import ml_collections
+from absl import flags
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.method = ''
+  c.seed = 0
+  c.batch_size = 256                  # global batch over all hosts and devices
+  c.epochs = 200
+  c.total_steps = 0                   # > 0 overrides epochs
+  c.dtype = 'float32'                 # compute dtype: float32 | bfloat16 (params stay float32)
+  c.remat = False                     # rematerialize transformer blocks (memory for compute)
+  c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1})
+  c.param_sharding = 'replicate'      # replicate | fsdp (shard params + optimizer state over the fsdp axis)
+  c.log_every = 50
+  c.checkpoint = ml_collections.ConfigDict({'every': 1000, 'keep': 3, 'keep_every': 0, 'async_save': True})
+  c.eval = ml_collections.ConfigDict({
+      'every': 0,                     # > 0: kNN monitor every N steps
+      'at_end': True,                 # kNN of the trained and the random-init backbone into results.json
+      'knn_k': 20, 'knn_t': 0.07, 'batch_size': 256,
+      'resize': 256, 'crop': 224, 'interpolation': 'bilinear',
+  })
+  c.backbone = ml_collections.ConfigDict({'name': '', 'kwargs': ml_collections.ConfigDict()})
+  c.model = ml_collections.ConfigDict()
+  c.optimizer = ml_collections.ConfigDict()
+  c.schedule = ml_collections.ConfigDict({'name': 'cosine', 'warmup_epochs': 0., 'warmup_start_factor': 1e-3,
+                                          'min_lr': 0.})
+  return c
+
+
+def imagenet_data(views, augment) -> ml_collections.ConfigDict:
+  """ImageNet in the MMSelfSup layout: data/imagenet/{train,val}/ class folders (or meta/*.txt lists via
+  name='imagelist'), or an ArrayRecord TFDS imagenet2012 via name='tfds'."""
+  return ml_collections.ConfigDict({
+      'name': 'imagefolder', 'root': 'data/imagenet', 'train_split': 'train', 'val_split': 'val',
+      'train_ann_file': 'meta/train.txt', 'val_ann_file': 'meta/val.txt', 'tfds_name': 'imagenet2012',
+      'image_size': 224, 'workers': 8, 'views': views, 'augment': augment,
+      'mean': IMAGENET_MEAN, 'std': IMAGENET_STD,
+  })
+
+
+def digits_data(views, augment, image_size=32) -> ml_collections.ConfigDict:
+  """The embedded demo dataset: scikit-learn's 8x8 digits upsampled to `image_size` RGB (ships with sklearn)."""
+  return ml_collections.ConfigDict({
+      'name': 'digits', 'root': '', 'train_split': 'train', 'val_split': 'test',
+      'train_ann_file': '', 'val_ann_file': '', 'tfds_name': '',
+      'image_size': image_size, 'workers': 0, 'views': views, 'augment': augment,
+      'mean': IMAGENET_MEAN, 'std': IMAGENET_STD,
+  })
+
+
+def demo_run(c: ml_collections.ConfigDict, image_size: int) -> None:
+  """Run-level settings of every ':demo' variant: minutes on a 2-core CPU."""
+  c.log_every = 10
+  c.checkpoint.every = 100
+  c.eval.update({'batch_size': 256, 'resize': image_size, 'crop': image_size})
+
+
+class ConfigError(Exception):
+  """A user mistake in the command line or config: reported as one line, exit code 2."""
+
+
+def check_config(config):
+  """Names that select code (method, backbone, optimizer, ...) are checked before anything is built."""
+  from jssl.methods.base import METHODS, DTYPES
+  from jssl.models import BACKBONES
+  from jssl import optim
+  from jssl.train import sharding
+  if not config.method:
+    raise ConfigError('config.method is empty; valid: ' + ', '.join(sorted(METHODS)))
+  checks = [('config.method', config.method, METHODS), ('config.backbone.name', config.backbone.name, BACKBONES),
+            ('config.dtype', config.dtype, DTYPES), ('config.optimizer.name', config.optimizer.name, optim.OPTIMIZERS),
+            ('config.schedule.name', config.schedule.name, optim.SCHEDULES),
+            ('config.param_sharding', config.param_sharding, ('replicate', 'fsdp'))]
+  for field, value, valid in checks:
+    if value not in valid:
+      raise ConfigError(f"{field}: unknown value '{value}'; valid: {', '.join(sorted(valid))}")
+  if config.batch_size <= 0:
+    raise ConfigError(f'config.batch_size must be positive, got {config.batch_size}')
+
+
+def fail(message: str):
+  print(f'jssl: error: {message}', file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+def parse_flags(argv):
+  """absl flag parsing whose failures (unknown config field, wrong type, bad variant) are one line, exit 2."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    message = str(e).strip()
+    if 'Traceback' in message:  # the config file's get_config raised: keep its own last line
+      message = f"{message.split(':', 1)[0]}: {message.splitlines()[-1].strip()}"
+    fail(' '.join(message.split()))
+  except (AttributeError, KeyError) as e:  # ml_collections: override of a field the config does not have
+    fail(_unknown_field_message(argv) or f'bad config override: {e}')
+
+
+def load_config_file(spec: str):
+  """`path.py[:arg]` -> get_config(arg), as config_flags does."""
+  import importlib.util
+  path, _, arg = spec.partition(':')
+  module_spec = importlib.util.spec_from_file_location('_jssl_config', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def _unknown_field_message(argv):
+  """Names the first --config.a.b override whose path the config lacks, and the fields valid there."""
+  spec = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
+  if spec is None:
+    return None
+  config = load_config_file(spec)
+  for arg in argv:
+    if not arg.startswith('--config.'):
+      continue
+    node, path = config, 'config'
+    for key in arg[2:].split('=', 1)[0].split('.')[1:]:
+      if not isinstance(node, ml_collections.ConfigDict) or key not in node:
+        valid = ', '.join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else '(not a group)'
+        return f"unknown config field '{path}.{key}' in {arg.split('=', 1)[0]}; valid fields of {path}: {valid}"
+      node, path = node[key], f'{path}.{key}'
+  return None
+
+
+def config_value(holder):
+  """The parsed --config; config_flags defers a missing/unreadable file's error to this access."""
+  try:
+    config = holder.value
+    if config is not None:
+      config.get('method')  # a lazy placeholder raises here when the file could not be loaded
+  except OSError:
+    spec = flags.FLAGS['config'].serialize().split('=', 1)[-1]
+    fail(f"--config: cannot read config file '{spec.partition(':')[0]}'; e.g. --config=configs/simclr.py:demo")
+  if config is None:
+    fail('--config is required, e.g. --config=configs/simclr.py:demo')
+  return config

@@ -1,0 +1,275 @@
+"""Batched on-device image augmentations in jnp, run (jitted) inside the train step.
+
+Images are float32 in [0, 1], NHWC. The per-image ops take one image [H, W, 3] and match
+torchvision.transforms.functional on float tensors (same formulas, same clamping); vmap them for a batch.
+The random ops take a batch [B, H, W, 3] and a PRNG key, draw their parameters per sample and apply to each
+sample with its own probability (jnp.where on a Bernoulli draw), so nothing branches on traced values.
+
+`build_augment` turns a config list such as
+    [dict(type='ColorJitter', brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2, prob=0.8),
+     dict(type='RandomGrayscale', prob=0.2),
+     dict(type='GaussianBlur', sigma_min=0.1, sigma_max=2.0, kernel_size=23, prob=0.5),
+     dict(type='Solarize', threshold=0.5, prob=0.2)]
+into `augment(key, images_uint8) -> normalized float32 images`.
+"""
+import functools
+import inspect
+import math
+import numbers
+
+import jax
+import jax.numpy as jnp
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Per-image ops, [H, W, 3] float32 in [0, 1].
+
+def _blend(img, other, factor):
+  return jnp.clip(factor * img + (1.0 - factor) * other, 0.0, 1.0)
+
+
+def _gray(img):
+  """Luma [H, W, 1] with torchvision's (ITU-R 601-2) weights."""
+  return (0.2989 * img[..., 0] + 0.587 * img[..., 1] + 0.114 * img[..., 2])[..., None]
+
+
+def rgb_to_grayscale(img):
+  """Grayscale image repeated over 3 channels."""
+  return jnp.broadcast_to(_gray(img), img.shape)
+
+
+def adjust_brightness(img, factor):
+  # torchvision blends with a black image: factor * img + (1 - factor) * 0.
+  return jnp.clip(factor * img, 0.0, 1.0)
+
+
+def adjust_contrast(img, factor):
+  # torchvision blends with the mean of the grayscale image (a scalar per image).
+  return _blend(img, jnp.mean(_gray(img)), factor)
+
+
+def adjust_saturation(img, factor):
+  return _blend(img, _gray(img), factor)
+
+
+def _rgb_to_hsv(img):
+  """torchvision's _rgb2hsv (after Pillow's Convert.c); returns h, s, v each [H, W]."""
+  r, g, b = img[..., 0], img[..., 1], img[..., 2]
+  maxc = jnp.max(img, axis=-1)
+  minc = jnp.min(img, axis=-1)
+  # Where maxc == minc, S and H are 0; replace the denominators by 1 so no NaN is formed (also under grad).
+  eqc = maxc == minc
+  chroma = maxc - minc
+  s = chroma / jnp.where(eqc, 1.0, maxc)
+  chroma_divisor = jnp.where(eqc, 1.0, chroma)
+  rc = (maxc - r) / chroma_divisor
+  gc = (maxc - g) / chroma_divisor
+  bc = (maxc - b) / chroma_divisor
+  hr = jnp.where(maxc == r, bc - gc, 0.0)
+  hg = jnp.where((maxc == g) & (maxc != r), 2.0 + rc - bc, 0.0)
+  hb = jnp.where((maxc != g) & (maxc != r), 4.0 + gc - rc, 0.0)
+  h = jnp.fmod((hr + hg + hb) / 6.0 + 1.0, 1.0)
+  return h, s, maxc
+
+
+def _hsv_to_rgb(h, s, v):
+  """torchvision's _hsv2rgb; returns [H, W, 3]."""
+  i = jnp.floor(h * 6.0)
+  f = h * 6.0 - i
+  i = i.astype(jnp.int32) % 6
+  p = jnp.clip(v * (1.0 - s), 0.0, 1.0)
+  q = jnp.clip(v * (1.0 - s * f), 0.0, 1.0)
+  t = jnp.clip(v * (1.0 - s * (1.0 - f)), 0.0, 1.0)
+  sector = [i == k for k in range(6)]
+  r = jnp.select(sector, [v, q, p, p, t, v])
+  g = jnp.select(sector, [t, v, v, q, p, p])
+  b = jnp.select(sector, [p, p, t, v, v, q])
+  return jnp.stack([r, g, b], axis=-1)
+
+
+def adjust_hue(img, hue_factor):
+  """Rotates the hue by `hue_factor` in [-0.5, 0.5] (a fraction of the hue circle)."""
+  h, s, v = _rgb_to_hsv(img)
+  h = (h + hue_factor) % 1.0
+  return _hsv_to_rgb(h, s, v)
+
+
+def gaussian_blur(img, kernel_size: int, sigma):
+  """torchvision's gaussian_blur with a square kernel: reflect padding, normalized Gaussian taps.
+
+  torchvision convolves with the outer product of two 1-D kernels; here the two 1-D passes run separately
+  (same result up to float rounding). Each pass is a sum of shifted slices, which XLA fuses and which stays
+  exact float32 (a conv or matmul may run in TF32/bf16 by default on accelerators). `sigma` may be traced.
+  """
+  if kernel_size % 2 != 1 or kernel_size < 1:
+    raise ValueError(f'kernel_size must be a positive odd integer, got {kernel_size}')
+  half = (kernel_size - 1) * 0.5
+  x = jnp.linspace(-half, half, kernel_size, dtype=jnp.float32)
+  pdf = jnp.exp(-0.5 * (x / sigma) ** 2)
+  kernel = pdf / jnp.sum(pdf)
+  pad = kernel_size // 2
+  height, width = img.shape[0], img.shape[1]
+  padded = jnp.pad(img, ((pad, pad), (pad, pad), (0, 0)), mode='reflect')
+  rows = sum(kernel[k] * padded[k:k + height] for k in range(kernel_size))
+  return sum(kernel[k] * rows[:, k:k + width] for k in range(kernel_size))
+
+
+def solarize(img, threshold):
+  """Inverts the pixels >= threshold."""
+  return jnp.where(img >= threshold, 1.0 - img, img)
+
+
+def normalize(images, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+  """(images - mean) / std over the channel (last) axis."""
+  return (images - jnp.asarray(mean, images.dtype)) / jnp.asarray(std, images.dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Random ops on a batch [B, H, W, 3].
+
+def _per_sample(key, images, prob):
+  """Bernoulli(prob) draw per sample, shaped to broadcast against the batch."""
+  return (jax.random.uniform(key, (images.shape[0],)) < prob)[:, None, None, None]
+
+
+def _factor_range(value, name, center=1.0, bound=(0.0, math.inf), clip_first_on_zero=True):
+  """torchvision ColorJitter._check_input: a number v means [center - v, center + v], or give (min, max)."""
+  if isinstance(value, numbers.Real):
+    if value < 0:
+      raise ValueError(f'If {name} is a single number, it must be non negative, got {value}')
+    value = (center - value, center + value)
+    if clip_first_on_zero:
+      value = (max(value[0], 0.0), value[1])
+  low, high = (float(v) for v in value)
+  if not bound[0] <= low <= high <= bound[1]:
+    raise ValueError(f'{name} range must satisfy {bound[0]} <= min <= max <= {bound[1]}, got ({low}, {high})')
+  return low, high
+
+
+# Blend ops in the color jitter, by id; id 3 is hue. A blend is factor * img + (1 - factor) * other.
+_BRIGHTNESS, _CONTRAST, _SATURATION, _HUE = 0, 1, 2, 3
+
+
+def _jitter_one(img, order, blend_factors, hue_factor, use_hue):
+  """Applies the four jitter ops to one image in `order` (a permutation of the op ids).
+
+  Brightness, contrast and saturation are all blends, so each position is one blend whose partner image is
+  selected by the op id. Hue (the costly one) is applied once: blends placed before it in `order` run first,
+  the others after it. That is the same as applying the ops in `order`, at the cost of one hue pass instead
+  of one per position.
+  """
+  hue_position = jnp.argmax(order == _HUE)
+  blend_order = order[jnp.argsort(order == _HUE, stable=True)[:3]]  # order without hue
+
+  def blends(img, before_hue):
+    for position in range(3):
+      op = blend_order[position]
+      gray = _gray(img)
+      other = jnp.where(op == _BRIGHTNESS, 0.0, jnp.where(op == _CONTRAST, jnp.mean(gray), gray))
+      blended = _blend(img, other, blend_factors[op])
+      img = jnp.where((position < hue_position) == before_hue, blended, img)
+    return img
+
+  img = blends(img, before_hue=True)
+  if use_hue:
+    img = adjust_hue(img, hue_factor)
+  return blends(img, before_hue=False)
+
+
+# The batched bodies are jitted so that eager calls (tests, notebooks) compile once rather than op by op;
+# inside the jitted train step they are simply inlined.
+@functools.partial(jax.jit, static_argnames='use_hue')
+def _jitter_batch(images, orders, blend_factors, hue_factors, use_hue):
+  return jax.vmap(functools.partial(_jitter_one, use_hue=use_hue))(images, orders, blend_factors, hue_factors)
+
+
+@functools.partial(jax.jit, static_argnames='kernel_size')
+def _blur_batch(images, sigmas, kernel_size):
+  return jax.vmap(functools.partial(gaussian_blur, kernel_size=kernel_size))(images, sigma=sigmas)
+
+
+def random_color_jitter(key, images, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0, prob=1.0):
+  """torchvision RandomApply([ColorJitter(brightness, contrast, saturation, hue)], p=prob), per sample.
+
+  Each of brightness/contrast/saturation is a number b (factor ~ U[max(0, 1 - b), 1 + b]) or a (min, max)
+  pair; hue is h (factor ~ U[-h, h], h <= 0.5) or a pair within [-0.5, 0.5]. The four ops run in a random
+  order drawn per sample (torchvision draws one order per call, i.e. per image).
+  """
+  ranges = [
+      _factor_range(brightness, 'brightness'),
+      _factor_range(contrast, 'contrast'),
+      _factor_range(saturation, 'saturation'),
+  ]
+  hue_range = _factor_range(hue, 'hue', center=0.0, bound=(-0.5, 0.5), clip_first_on_zero=False)
+  # One uniform draw per sample for everything: few RNG calls keep the compiled step small.
+  u = jax.random.uniform(key, (images.shape[0], 9))
+  apply = u[:, 0] < prob
+  blend_factors = jnp.stack([lo + (hi - lo) * u[:, 1 + i] for i, (lo, hi) in enumerate(ranges)], axis=1)
+  hue_factors = hue_range[0] + (hue_range[1] - hue_range[0]) * u[:, 4]
+  orders = jnp.argsort(u[:, 5:], axis=1)  # a uniformly random permutation of the 4 op ids per sample
+  use_hue = hue_range != (0.0, 0.0)  # static: skip the HSV round trip when hue is off
+  jittered = _jitter_batch(images, orders, blend_factors, hue_factors, use_hue=use_hue)
+  return jnp.where(apply[:, None, None, None], jittered, images)
+
+
+def random_grayscale(key, images, prob=0.1):
+  """torchvision RandomGrayscale(p=prob) with 3 output channels, per sample."""
+  gray = jax.vmap(rgb_to_grayscale)(images)
+  return jnp.where(_per_sample(key, images, prob), gray, images)
+
+
+def random_gaussian_blur(key, images, sigma_min=0.1, sigma_max=2.0, kernel_size=23, prob=1.0):
+  """RandomApply([GaussianBlur(kernel_size, (sigma_min, sigma_max))], p=prob); sigma ~ U[min, max] per sample."""
+  if not 0 < sigma_min <= sigma_max:
+    raise ValueError(f'need 0 < sigma_min <= sigma_max, got ({sigma_min}, {sigma_max})')
+  u = jax.random.uniform(key, (images.shape[0], 2))
+  sigmas = sigma_min + (sigma_max - sigma_min) * u[:, 1]
+  blurred = _blur_batch(images, sigmas, kernel_size=int(kernel_size))
+  return jnp.where((u[:, 0] < prob)[:, None, None, None], blurred, images)
+
+
+def random_solarize(key, images, threshold=0.5, prob=1.0):
+  """torchvision RandomSolarize(threshold, p=prob) on [0, 1] images, per sample."""
+  return jnp.where(_per_sample(key, images, prob), solarize(images, threshold), images)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Config-driven pipeline.
+
+AUGMENTS = {
+    'ColorJitter': random_color_jitter,
+    'RandomGrayscale': random_grayscale,
+    'GaussianBlur': random_gaussian_blur,
+    'Solarize': random_solarize,
+}
+
+
+def build_augment(ops, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+  """Returns `augment(key, images_uint8 [B, H, W, 3]) -> float32 [B, H, W, 3]`, normalized.
+
+  `ops` is a list of mappings (dicts or ConfigDicts), each with a `type` from AUGMENTS and that function's
+  keyword arguments; the ops run in list order, each with its own key.
+  """
+  steps = []
+  for op in ops:
+    params = dict(op)
+    name = params.pop('type', None)
+    if name not in AUGMENTS:
+      raise ValueError(f'Unknown augment type {name!r}; valid types: {", ".join(AUGMENTS)}')
+    fn = AUGMENTS[name]
+    try:  # Catch a misspelt option now rather than at the first traced train step.
+      inspect.signature(fn).bind(None, None, **params)
+    except TypeError as e:
+      raise TypeError(f'Augment {name!r}: {e}') from None
+    steps.append(functools.partial(fn, **params))
+
+  def augment(key, images):
+    x = images.astype(jnp.float32) / 255.0
+    for step_key, step in zip(jax.random.split(key, max(len(steps), 1)), steps):
+      x = step(step_key, x)
+    return normalize(x, mean, std)
+
+  return augment

@@ -1,0 +1,427 @@
+"""Random-access image sources (grain's RandomAccessDataSource protocol).
+
+Every source has `__len__` and `__getitem__(i)` returning one record:
+
+  {'image': np.uint8 [H, W, 3] RGB,
+   'label': np.int32 scalar (-1 when unlabeled),
+   'index': np.int64 scalar, the record's position in this source}
+
+Sources:
+  DigitsSource       scikit-learn's embedded 8x8 digits (no download), upsampled.
+  ImageFolderSource  root/<class>/<image>, classes sorted -> labels 0..C-1.
+  ImageListSource    MMSelfSup list files: `relative/path.JPEG [label]` lines.
+  Cifar10Source      the `cifar-10-batches-py` pickles.
+  Cifar100Source     the `cifar-100-python` pickles (fine labels).
+  TfdsSource         `tfds.data_source` over an array_record-prepared dataset.
+
+`build_source(cfg, split)` picks one from `config.data`, with `split` being the
+role 'train' or 'val'. The fields it reads (missing or None -> default):
+
+  name            'digits' | 'imagefolder' | 'imagelist' | 'cifar10' |
+                  'cifar100' | 'tfds'.
+  root            data location: imagefolder/imagelist: the dataset root that
+                  holds the split folders (and meta/); cifar: the folder that
+                  holds (or is) cifar-10-batches-py / cifar-100-python; tfds:
+                  the TFDS data_dir (None -> TFDS_DATA_DIR or
+                  ~/tensorflow_datasets). Unused by digits.
+  train_split     which split the 'train' role reads. digits/cifar/tfds: a
+                  split name (default 'train'); imagefolder/imagelist: the
+                  sub-folder of root holding the images (default 'train';
+                  '' for root itself).
+  val_split       same for the 'val' role; default 'test' for digits/cifar,
+                  'validation' for tfds, 'val' for imagefolder/imagelist.
+  train_ann_file  imagelist only: list file, relative to root unless absolute
+                  (default 'meta/train.txt').
+  val_ann_file    likewise (default 'meta/val.txt').
+  tfds_name       tfds only: the dataset name, e.g. 'imagenet2012'.
+  image_size      digits only: output side length (default 32).
+
+A configured location that does not exist raises DataNotFoundError, whose
+one-line message names the path and the config key to fix.
+"""
+
+import os
+import pickle
+
+import numpy as np
+from PIL import Image
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.webp')
+SOURCE_NAMES = ('digits', 'imagefolder', 'imagelist', 'cifar10', 'cifar100',
+                'tfds')
+
+
+class DataNotFoundError(Exception):
+  """The configured data location does not exist (the CLI exits 2 on this)."""
+
+
+def _record(image, label, index):
+  return {'image': image, 'label': np.int32(label), 'index': np.int64(index)}
+
+
+def _check_index(index, length):
+  # Negative or out-of-range indices are caller bugs; fail instead of wrapping.
+  if not 0 <= index < length:
+    raise IndexError(f'record index {index} out of range [0, {length})')
+
+
+def _read_image(path):
+  """Decodes an image file into uint8 [H, W, 3] RGB."""
+  try:
+    with Image.open(path) as img:
+      return np.asarray(img.convert('RGB'), dtype=np.uint8)
+  except FileNotFoundError:
+    raise FileNotFoundError(f'image file not found: {path}') from None
+  except (OSError, Image.UnidentifiedImageError) as e:
+    raise ValueError(f'cannot decode image {path}: {e}') from None
+
+
+def _to_rgb(image, where):
+  """uint8 [H, W], [H, W, 1] or [H, W, 3] -> uint8 [H, W, 3]."""
+  image = np.asarray(image)
+  if image.ndim == 2:
+    image = image[:, :, None]
+  if image.ndim != 3 or image.shape[-1] not in (1, 3):
+    raise ValueError(f'{where}: expected an [H, W, 1|3] image, got shape '
+                     f'{image.shape}')
+  if image.shape[-1] == 1:
+    image = np.repeat(image, 3, axis=-1)
+  return image.astype(np.uint8, copy=False)
+
+
+class DigitsSource:
+  """scikit-learn's 1797 8x8 digit images, as RGB `size` x `size` uint8.
+
+  Fixed split, independent of any RNG: sample i of `load_digits()` is in
+  'test' when i % 5 == 4 (359 images), else in 'train' (1438 images). The
+  dataset cycles through writers and classes, so both splits cover all
+  10 classes. Pixels 0..16 are scaled to 0..255 and bilinearly resized.
+  """
+
+  def __init__(self, split='train', size=32):
+    from sklearn.datasets import load_digits  # Only this source needs sklearn.
+    if split not in ('train', 'test'):
+      raise ValueError(f"DigitsSource split must be 'train' or 'test', got "
+                       f'{split!r}')
+    if int(size) < 1:
+      raise ValueError(f'DigitsSource size must be >= 1, got {size}')
+    digits = load_digits()
+    is_test = np.arange(len(digits.target)) % 5 == 4
+    keep = is_test if split == 'test' else ~is_test
+    self.split = split
+    self.size = int(size)
+    self.images = np.round(digits.images[keep] * (255.0 / 16.0)).astype(
+        np.uint8)  # [N, 8, 8]
+    self.labels = digits.target[keep].astype(np.int32)
+
+  def __len__(self):
+    return len(self.labels)
+
+  def __getitem__(self, index):
+    _check_index(index, len(self))
+    image = self.images[index]
+    if self.size != image.shape[0]:
+      image = np.asarray(Image.fromarray(image).resize(
+          (self.size, self.size), Image.BILINEAR))
+    return _record(_to_rgb(image, 'digits'), self.labels[index], index)
+
+  def __repr__(self):
+    return f'DigitsSource(split={self.split!r}, size={self.size})'
+
+
+class ImageFolderSource:
+  """root/<class>/**/<image>: sorted class folder names -> labels 0..C-1."""
+
+  def __init__(self, root):
+    root = os.fspath(root)
+    if not os.path.isdir(root):
+      raise DataNotFoundError(f'data not found: {root}')
+    self.root = root
+    self.classes = sorted(
+        d.name for d in os.scandir(root) if d.is_dir() and
+        not d.name.startswith('.'))
+    self.paths, self.labels = [], []
+    for label, name in enumerate(self.classes):
+      class_dir = os.path.join(root, name)
+      found = []
+      for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith('.')]
+        found += [os.path.join(dirpath, f) for f in filenames
+                  if f.lower().endswith(IMAGE_EXTENSIONS)]
+      found.sort()
+      self.paths += found
+      self.labels += [label] * len(found)
+    if not self.paths:
+      raise DataNotFoundError(
+          f'data not found: no images ({"/".join(IMAGE_EXTENSIONS)}) in class '
+          f'sub-folders of {root}; expected {root}/<class>/<image>')
+
+  def __len__(self):
+    return len(self.paths)
+
+  def __getitem__(self, index):
+    _check_index(index, len(self))
+    return _record(_read_image(self.paths[index]), self.labels[index], index)
+
+  def __repr__(self):
+    return (f'ImageFolderSource(root={self.root!r}, {len(self)} images, '
+            f'{len(self.classes)} classes)')
+
+
+class ImageListSource:
+  """MMSelfSup list format: each line of `ann_file` is `rel/path.JPEG [label]`.
+
+  Paths are relative to `root` (MMSelfSup's data_prefix); a missing label
+  means unlabeled (-1). Blank lines are skipped.
+  """
+
+  def __init__(self, root, ann_file):
+    root, ann_file = os.fspath(root), os.fspath(ann_file)
+    if not os.path.isfile(ann_file):
+      raise DataNotFoundError(f'data not found: {ann_file} (list file)')
+    if not os.path.isdir(root):
+      raise DataNotFoundError(f'data not found: {root}')
+    self.root, self.ann_file = root, ann_file
+    self.paths, self.labels, self.line_numbers = [], [], []
+    with open(ann_file) as f:
+      for line_number, line in enumerate(f, start=1):
+        parts = line.split()
+        if not parts:
+          continue
+        if len(parts) > 2:
+          raise ValueError(f'{ann_file}:{line_number}: expected '
+                           f'"path [label]", got {line.rstrip()!r}')
+        label = -1
+        if len(parts) == 2:
+          try:
+            label = int(parts[1])
+          except ValueError:
+            raise ValueError(f'{ann_file}:{line_number}: label must be an '
+                             f'integer, got {parts[1]!r}') from None
+          if label < -1:
+            raise ValueError(f'{ann_file}:{line_number}: label must be >= -1, '
+                             f'got {label}')
+        self.paths.append(os.path.join(root, parts[0]))
+        self.labels.append(label)
+        self.line_numbers.append(line_number)
+    if not self.paths:
+      raise ValueError(f'{ann_file}: no entries')
+
+  def __len__(self):
+    return len(self.paths)
+
+  def __getitem__(self, index):
+    _check_index(index, len(self))
+    path = self.paths[index]
+    if not os.path.isfile(path):
+      raise FileNotFoundError(
+          f'image file not found: {path} (listed in {self.ann_file} line '
+          f'{self.line_numbers[index]})')
+    return _record(_read_image(path), self.labels[index], index)
+
+  def __repr__(self):
+    return (f'ImageListSource(root={self.root!r}, ann_file={self.ann_file!r}, '
+            f'{len(self)} images)')
+
+
+class _CifarSource:
+  """CIFAR python pickles: b'data' uint8 [N, 3072] (CHW row-major), labels."""
+
+  folder = ''  # Name of the extracted archive folder.
+  files = {}  # split -> pickle file names inside `folder`.
+  label_key = b''
+
+  def __init__(self, root, split='train'):
+    root = os.fspath(root)
+    if split not in self.files:
+      raise ValueError(f'{type(self).__name__} split must be one of '
+                       f'{sorted(self.files)}, got {split!r}')
+    # Accept both the folder holding the extracted archive and the folder.
+    folder = root if os.path.basename(os.path.normpath(root)) == self.folder \
+        else os.path.join(root, self.folder)
+    if not os.path.isdir(folder):
+      raise DataNotFoundError(f'data not found: {folder}')
+    images, labels = [], []
+    for name in self.files[split]:
+      path = os.path.join(folder, name)
+      if not os.path.isfile(path):
+        raise DataNotFoundError(f'data not found: {path}')
+      with open(path, 'rb') as f:
+        try:
+          batch = pickle.load(f, encoding='bytes')
+        except Exception as e:  # Any unpickling failure means a bad file.
+          raise ValueError(f'{path}: not a CIFAR pickle ({e})') from None
+      for key in (b'data', self.label_key):
+        if not isinstance(batch, dict) or key not in batch:
+          raise ValueError(f'{path}: missing key {key!r}')
+      data = np.asarray(batch[b'data'])
+      if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise ValueError(f"{path}: b'data' must be uint8 [N, 3072], got "
+                         f'{data.dtype} {list(data.shape)}')
+      if len(batch[self.label_key]) != len(data):
+        raise ValueError(f'{path}: {len(data)} images but '
+                         f'{len(batch[self.label_key])} labels')
+      images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+      labels.append(np.asarray(batch[self.label_key], dtype=np.int32))
+    self.folder_path, self.split = folder, split
+    self.images = np.ascontiguousarray(np.concatenate(images))  # [N,32,32,3]
+    self.labels = np.concatenate(labels)
+
+  def __len__(self):
+    return len(self.labels)
+
+  def __getitem__(self, index):
+    _check_index(index, len(self))
+    return _record(self.images[index], self.labels[index], index)
+
+  def __repr__(self):
+    return (f'{type(self).__name__}({self.folder_path!r}, split={self.split!r},'
+            f' {len(self)} images)')
+
+
+class Cifar10Source(_CifarSource):
+  folder = 'cifar-10-batches-py'
+  files = {'train': [f'data_batch_{i}' for i in range(1, 6)],
+           'test': ['test_batch']}
+  label_key = b'labels'
+
+
+class Cifar100Source(_CifarSource):
+  folder = 'cifar-100-python'
+  files = {'train': ['train'], 'test': ['test']}
+  label_key = b'fine_labels'
+
+
+def _tfds_data_dir(data_dir):
+  if data_dir:
+    return os.fspath(data_dir)
+  return os.environ.get('TFDS_DATA_DIR') or os.path.expanduser(
+      '~/tensorflow_datasets')
+
+
+class TfdsSource:
+  """A TFDS dataset prepared with file_format='array_record' (random access).
+
+  Reading needs tensorflow-datasets but not TensorFlow. Nothing is downloaded:
+  prepare first, e.g. `tfds build imagenet2012 --file_format=array_record`.
+  Single-channel images are repeated to RGB; no 'label' feature -> -1.
+  """
+
+  def __init__(self, name, split='train', data_dir=None):
+    import tensorflow_datasets as tfds  # Slow import; only this source needs it.
+    data_dir = _tfds_data_dir(data_dir)
+    # name may be 'dataset', 'dataset/config' or 'dataset:version'.
+    dataset_dir = os.path.join(data_dir, name.split(':')[0].split('/')[0])
+    if not os.path.isdir(dataset_dir):
+      raise DataNotFoundError(f'data not found: {dataset_dir} (tfds dataset '
+                              f'{name!r} in data_dir {data_dir})')
+    try:
+      self.data = tfds.data_source(name, split=split, data_dir=data_dir,
+                                   download=False)
+    except NotImplementedError:
+      raise ValueError(
+          f'tfds dataset {name!r} in {data_dir} is not prepared as '
+          f'array_record, which random access needs; rebuild it with `tfds '
+          f'build {name} --file_format=array_record`') from None
+    except (ValueError, AssertionError) as e:  # Unknown split, bad name, ...
+      lines = str(e).strip().splitlines()  # tfds appends long name lists.
+      first_line = lines[0] if lines else type(e).__name__
+      raise ValueError(f'tfds dataset {name!r} in {data_dir}: '
+                       f'{first_line}') from None
+    features = self.data.dataset_info.features
+    if 'image' not in features:
+      raise ValueError(f'tfds dataset {name!r} has no "image" feature; its '
+                       f'features are {sorted(features.keys())}')
+    self.has_label = 'label' in features
+    self.name, self.split, self.data_dir = name, split, data_dir
+
+  def __len__(self):
+    return len(self.data)
+
+  def __getitem__(self, index):
+    _check_index(index, len(self))
+    example = self.data[index]
+    label = example['label'] if self.has_label else -1
+    image = _to_rgb(example['image'], f'tfds {self.name} record {index}')
+    return _record(image, label, index)
+
+  def __repr__(self):
+    return (f'TfdsSource({self.name!r}, split={self.split!r}, '
+            f'data_dir={self.data_dir!r}, {len(self)} records)')
+
+
+def _get(cfg, key, default=None):
+  """cfg.get for dicts and ml_collections ConfigDicts; None -> default."""
+  value = cfg.get(key, None)
+  return default if value is None else value
+
+
+def _require(path, key, what, cfg_path):
+  """Raises the CLI-facing DataNotFoundError when `path` does not exist."""
+  if not os.path.exists(path):
+    raise DataNotFoundError(
+        f'data not found: {path} ({cfg_path}.{key}); point --{cfg_path}.{key} '
+        f"at {what}, or run the ':demo' variant which uses the embedded "
+        f'digits dataset')
+
+
+def build_source(cfg, split, cfg_path='config.data'):
+  """The source for role `split` ('train' or 'val') as configured by `cfg`.
+
+  `cfg` is `config.data` (dict or ConfigDict; fields in the module docstring);
+  `cfg_path` is only used to name config keys in error messages.
+  """
+  if split not in ('train', 'val'):
+    raise ValueError(f"build_source split must be 'train' or 'val', got "
+                     f'{split!r}')
+  name = _get(cfg, 'name')
+  if name not in SOURCE_NAMES:
+    raise ValueError(f'unknown {cfg_path}.name {name!r}; valid names: '
+                     f'{", ".join(SOURCE_NAMES)}')
+  split_key = f'{split}_split'
+  root = _get(cfg, 'root')
+  if name != 'digits' and name != 'tfds' and not root:
+    raise ValueError(f'{cfg_path}.root must be set for {cfg_path}.name '
+                     f'{name!r}')
+
+  if name == 'digits':
+    default_split = 'train' if split == 'train' else 'test'
+    return DigitsSource(_get(cfg, split_key, default_split),
+                        size=_get(cfg, 'image_size', 32))
+
+  if name in ('imagefolder', 'imagelist'):
+    image_dir = os.path.join(root, _get(cfg, split_key, split))
+    if name == 'imagefolder':
+      _require(root, 'root', 'a folder with train/ and val/ class-folder '
+               'splits (e.g. ImageNet)', cfg_path)
+      _require(image_dir, split_key, f'the sub-folder of {root} holding the '
+               f'{split} images', cfg_path)
+      return ImageFolderSource(image_dir)
+    ann_key = f'{split}_ann_file'
+    ann_file = os.path.join(root, _get(cfg, ann_key, f'meta/{split}.txt'))
+    _require(root, 'root', 'an MMSelfSup-style data root (e.g. '
+             'data/imagenet with meta/ and train/)', cfg_path)
+    _require(ann_file, ann_key, 'a list file of "path [label]" lines',
+             cfg_path)
+    _require(image_dir, split_key, f'the sub-folder of {root} holding the '
+             f'{split} images', cfg_path)
+    return ImageListSource(image_dir, ann_file)
+
+  if name in ('cifar10', 'cifar100'):
+    cls = Cifar10Source if name == 'cifar10' else Cifar100Source
+    _require(root, 'root', f'the folder holding {cls.folder}', cfg_path)
+    default_split = 'train' if split == 'train' else 'test'
+    return cls(root, _get(cfg, split_key, default_split))
+
+  # tfds
+  tfds_name = _get(cfg, 'tfds_name')
+  if not tfds_name:
+    raise ValueError(f"{cfg_path}.tfds_name must be set for {cfg_path}.name "
+                     f"'tfds'")
+  data_dir = _tfds_data_dir(root)
+  _require(data_dir, 'root', 'a TFDS data_dir', cfg_path)
+  _require(os.path.join(data_dir, tfds_name.split(':')[0].split('/')[0]),
+           'root', f'a TFDS data_dir holding {tfds_name} prepared with '
+           f'--file_format=array_record', cfg_path)
+  default_split = 'train' if split == 'train' else 'validation'
+  return TfdsSource(tfds_name, _get(cfg, split_key, default_split), data_dir)

@@ -1,0 +1,62 @@
+"""jssl entry point.
+
+  python -m jssl.main --config=configs/simclr.py:demo --workdir=/tmp/simclr_demo
+  python -m jssl.main --config=configs/mae.py --workdir=gs://bucket/mae --config.batch_size=512
+
+Re-running on a workdir that holds a checkpoint resumes from it. Configuration mistakes (unknown field, wrong type,
+unknown method/backbone, missing data) end with one line on stderr and exit code 2.
+"""
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from jssl.config import ConfigError, check_config, config_value, fail, parse_flags
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/mae.py:demo.',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory (or gs:// path) for checkpoints, logs and results.')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
+                          'train: pretrain (resuming if possible); eval: kNN of the latest checkpoint.')
+
+
+def maybe_initialize_distributed():
+  """Multi-process launches (TPU pod workers, SLURM, or explicit JAX_COORDINATOR_ADDRESS) join one JAX job."""
+  import jax
+  if os.environ.get('JAX_COORDINATOR_ADDRESS') or os.environ.get('SLURM_NTASKS', '1') != '1' \
+      or os.environ.get('TPU_WORKER_HOSTNAMES', '').count(',') > 0:
+    jax.distributed.initialize()
+
+
+def main(argv):
+  del argv
+  config = config_value(_CONFIG)
+  if not _WORKDIR.value:
+    fail('--workdir is required')
+  from jssl.data.sources import DataNotFoundError
+  try:
+    check_config(config)
+    maybe_initialize_distributed()
+    import jax
+    if jax.process_index() != 0:
+      logging.set_verbosity(logging.WARNING)
+    from jssl.train.loop import Trainer
+    trainer = Trainer(config, _WORKDIR.value)
+    if _MODE.value == 'train':
+      trainer.run()
+    else:
+      from jssl import checkpoint
+      state, step = checkpoint.restore_params(_WORKDIR.value, trainer.abstract_state)
+      result = trainer.evaluate_knn(state)
+      print(f'step {step} | kNN (k={config.eval.knn_k}) top-1 {result["top1"]:.2f} top-5 {result["top5"]:.2f}')
+  except (ConfigError, DataNotFoundError) as e:
+    fail(str(e))
+  except ValueError as e:  # unknown registry names raised while building (backbone kwargs, augment ops, ...)
+    if str(e).startswith('config.') or 'valid:' in str(e):
+      fail(str(e))
+    raise
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,43 @@
+"""The Method interface and the registry of methods.
+
+A method is a small object around Flax modules (see ../shared/design.md):
+
+    init(rng, batch) -> (params, model_state, method_state)
+    loss(params, model_state, method_state, batch, rng, step) -> (loss, (metrics, model_state, method_state))
+    after_step(params, method_state, step) -> method_state          # EMA targets, queues, memory banks
+    extract(params, model_state, images) -> features [B, D]          # for kNN / linear eval / export
+
+`batch['views']` is a tuple of normalized float images [B, H, W, C] (global arrays, augmented on device);
+`model_state` holds Flax mutable collections (batch_stats); `method_state` holds what gradients don't train.
+"""
+import importlib
+from typing import Any, Protocol
+
+import jax.numpy as jnp
+
+# name -> module under jssl.methods defining `Method`. Imported lazily so a method's deps load only when used.
+METHODS = {
+    'simclr': 'jssl.methods.simclr',
+    'mae': 'jssl.methods.mae',
+}
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+class Method(Protocol):
+  def init(self, rng, batch) -> Any: ...
+  def loss(self, params, model_state, method_state, batch, rng, step) -> Any: ...
+  def after_step(self, params, method_state, step) -> Any: ...
+  def extract(self, params, model_state, images) -> Any: ...
+
+
+def compute_dtype(config):
+  if config.dtype not in DTYPES:
+    raise ValueError(f"config.dtype: unknown dtype '{config.dtype}'; valid: {', '.join(DTYPES)}")
+  return DTYPES[config.dtype]
+
+
+def build_method(config) -> Method:
+  if config.method not in METHODS:
+    raise ValueError(f"config.method: unknown method '{config.method}'; valid: {', '.join(sorted(METHODS))}")
+  return importlib.import_module(METHODS[config.method]).Method(config)

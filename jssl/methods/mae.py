@@ -1,0 +1,89 @@
+"""MAE (He et al. 2021): mask 75% of the patches at random per sample, encode only the visible ones with a
+ViT, decode all positions with a light transformer, and regress the (per-patch normalized) pixels of the masked
+patches. The mask comes from the step's PRNG key, so it is reproducible and needs no host work."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jssl import losses
+from jssl.data.masks import random_masking
+from jssl.methods.base import compute_dtype
+from jssl.models import build_backbone
+from jssl.models.necks import MAEDecoder
+
+
+def patchify(images, patch_size):
+  """[B, H, W, C] -> [B, N, p*p*C] in row-major patch order, pixels ordered (p, q, c) like the official MAE."""
+  b, h, w, c = images.shape
+  p = patch_size
+  x = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, (h // p) * (w // p), p * p * c)
+
+
+def unpatchify(patches, patch_size, channels=3):
+  b, n, _ = patches.shape
+  g = int(round(n ** 0.5))
+  p = patch_size
+  x = patches.reshape(b, g, g, p, p, channels).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, g * p, g * p, channels)
+
+
+def pixel_targets(images, patch_size, norm_pix):
+  target = patchify(images.astype(jnp.float32), patch_size)
+  if norm_pix:  # per-patch normalization: the variant MAE reports as better representations
+    mean = target.mean(axis=-1, keepdims=True)
+    var = target.var(axis=-1, keepdims=True, ddof=1)  # unbiased, as torch.var in the official code
+    target = (target - mean) / jnp.sqrt(var + 1e-6)
+  return target
+
+
+class MAENet(nn.Module):
+  encoder: nn.Module
+  decoder: nn.Module
+  feature: str = 'cls'
+
+  def __call__(self, images, ids_keep, ids_restore, train: bool = True):
+    tokens = self.encoder(images, train=train, ids_keep=ids_keep)
+    return self.decoder(tokens, ids_restore, train=train)
+
+  def features(self, images):
+    tokens = self.encoder(images, train=False)
+    return tokens[:, 0] if self.feature == 'cls' else tokens[:, 1:].mean(axis=1)
+
+
+class Method:
+  def __init__(self, config):
+    dtype = compute_dtype(config)
+    m = config.model
+    self.mask_ratio = m.mask_ratio
+    self.norm_pix = m.norm_pix
+    self.patch_size = config.backbone.kwargs.patch_size
+    image_size = config.data.views[0].size
+    self.num_patches = (image_size // self.patch_size) ** 2
+    encoder = build_backbone(config.backbone.name, dtype=dtype, **config.backbone.get('kwargs', {}))
+    decoder = MAEDecoder(num_patches=self.num_patches, patch_size=self.patch_size,
+                         decoder_embed_dim=m.decoder_embed_dim, decoder_depth=m.decoder_depth,
+                         decoder_num_heads=m.decoder_num_heads, dtype=dtype, remat=config.get('remat', False))
+    self.net = MAENet(encoder=encoder, decoder=decoder, feature=m.get('feature', 'cls'))
+
+  def init(self, rng, batch):
+    images = batch['views'][0]
+    ids_keep, _, ids_restore = random_masking(jax.random.key(0), images.shape[0], self.num_patches, self.mask_ratio)
+    variables = self.net.init(rng, images, ids_keep, ids_restore, train=False)
+    params = variables.pop('params')
+    return params, dict(variables), {}
+
+  def loss(self, params, model_state, method_state, batch, rng, step):
+    images = batch['views'][0]
+    mask_rng, dropout_rng = jax.random.split(rng)
+    ids_keep, mask, ids_restore = random_masking(mask_rng, images.shape[0], self.num_patches, self.mask_ratio)
+    pred = self.net.apply({'params': params, **model_state}, images, ids_keep, ids_restore, train=True,
+                          rngs={'dropout': dropout_rng})
+    loss = losses.masked_mse(pred, pixel_targets(images, self.patch_size, self.norm_pix), mask)
+    return loss, ({'loss': loss}, model_state, method_state)
+
+  def after_step(self, params, method_state, step):
+    return method_state
+
+  def extract(self, params, model_state, images):
+    return self.net.apply({'params': params, **model_state}, images, method=MAENet.features)

@@ -1,0 +1,54 @@
+"""SimCLR (Chen et al. 2020): two augmented views, a shared encoder + MLP projector, NT-Xent over 2N samples.
+
+The backbone sees both views in one batch, so BatchNorm statistics span both views and every device (SyncBN);
+the loss over the global batch gives every sample 2N - 2 negatives drawn from all devices.
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jssl import losses
+from jssl.methods.base import compute_dtype
+from jssl.models import build_backbone
+from jssl.models.necks import NonLinearNeck, global_avg_pool
+
+
+class SimCLRNet(nn.Module):
+  backbone: nn.Module
+  neck: nn.Module
+
+  def __call__(self, images, train: bool = True):
+    return self.neck(self.backbone(images, train=train)[-1], train=train)
+
+  def features(self, images):
+    return global_avg_pool(self.backbone(images, train=False)[-1])
+
+
+class Method:
+  def __init__(self, config):
+    dtype = compute_dtype(config)
+    m = config.model
+    self.temperature = m.temperature
+    self.net = SimCLRNet(
+        backbone=build_backbone(config.backbone.name, dtype=dtype, **config.backbone.get('kwargs', {})),
+        neck=NonLinearNeck(hid_channels=m.neck_hid_channels, out_channels=m.neck_out_channels,
+                           num_layers=m.neck_num_layers, dtype=dtype))
+
+  def init(self, rng, batch):
+    variables = self.net.init(rng, batch['views'][0], train=False)
+    params = variables.pop('params')
+    return params, dict(variables), {}
+
+  def loss(self, params, model_state, method_state, batch, rng, step):
+    v1, v2 = batch['views'][:2]
+    n = v1.shape[0]
+    z, new_model_state = self.net.apply({'params': params, **model_state}, jnp.concatenate([v1, v2]),
+                                        train=True, mutable=list(model_state))
+    loss = losses.nt_xent(z[:n], z[n:], self.temperature)
+    return loss, ({'loss': loss}, dict(new_model_state), method_state)
+
+  def after_step(self, params, method_state, step):
+    return method_state
+
+  def extract(self, params, model_state, images):
+    return self.net.apply({'params': params, **model_state}, images, method=SimCLRNet.features)

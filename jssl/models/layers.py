@@ -1,0 +1,161 @@
+"""Transformer building blocks shared by the ViT backbone and the MAE decoder.
+
+Structure and parameter names follow timm's VisionTransformer so that
+checkpoints map one-to-one (qkv is a single Dense of 3*dim, proj, fc1/fc2).
+"""
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+
+# timm/MAE initialise every Linear with xavier_uniform and zero bias.
+dense_init = nn.initializers.xavier_uniform()
+
+
+def get_1d_sincos_pos_embed_from_grid(embed_dim, pos):
+  """[M] positions -> [M, embed_dim] as [sin(pos * w), cos(pos * w)]."""
+  assert embed_dim % 2 == 0, embed_dim
+  omega = np.arange(embed_dim // 2, dtype=np.float64) / (embed_dim / 2.0)
+  omega = 1.0 / 10000**omega
+  out = np.einsum('m,d->md', pos.reshape(-1).astype(np.float64), omega)
+  return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+
+def get_2d_sincos_pos_embed_from_grid(embed_dim, grid):
+  """grid: [2, ...] coordinates -> [prod(...), embed_dim]."""
+  assert embed_dim % 2 == 0, embed_dim
+  emb_h = get_1d_sincos_pos_embed_from_grid(embed_dim // 2, grid[0])
+  emb_w = get_1d_sincos_pos_embed_from_grid(embed_dim // 2, grid[1])
+  return np.concatenate([emb_h, emb_w], axis=1)
+
+
+def get_2d_sincos_pos_embed(embed_dim, grid_size, cls_token=True):
+  """MAE's fixed 2D sin-cos embedding, [(1 +) grid_size**2, embed_dim] float32.
+
+  Matches facebookresearch/mae util/pos_embed.py exactly, including its
+  meshgrid(w, h) ordering (the first half of the channels encodes the column
+  index) and an all-zero row for the cls token.
+  """
+  grid_h = np.arange(grid_size, dtype=np.float32)
+  grid_w = np.arange(grid_size, dtype=np.float32)
+  grid = np.stack(np.meshgrid(grid_w, grid_h), axis=0)
+  grid = grid.reshape([2, 1, grid_size, grid_size])
+  pos_embed = get_2d_sincos_pos_embed_from_grid(embed_dim, grid)
+  if cls_token:
+    pos_embed = np.concatenate([np.zeros([1, embed_dim]), pos_embed], axis=0)
+  return pos_embed.astype(np.float32)
+
+
+class PatchEmbed(nn.Module):
+  """Non-overlapping patches via a conv with kernel = stride = patch_size.
+
+  Returns tokens [B, h*w, D] in row-major (h, w) order plus the grid (h, w).
+  """
+  patch_size: int = 16
+  embed_dim: int = 768
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    p = self.patch_size
+    # MAE inits the conv like a Linear on the flattened [D, C*p*p] weight.
+    kernel_init = nn.initializers.variance_scaling(
+        1.0, 'fan_avg', 'uniform', in_axis=(0, 1, 2), out_axis=-1)
+    x = nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding='VALID',
+                kernel_init=kernel_init, dtype=self.dtype, name='proj')(x)
+    b, h, w, d = x.shape
+    return x.reshape(b, h * w, d), (h, w)
+
+
+class DropPath(nn.Module):
+  """Stochastic depth: drops the whole residual branch per sample."""
+  rate: float = 0.0
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool = True):
+    if deterministic or self.rate == 0.0:
+      return x
+    keep_prob = 1.0 - self.rate
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    keep = jax.random.bernoulli(self.make_rng('dropout'), keep_prob, shape)
+    return jnp.where(keep, x / keep_prob, jnp.zeros_like(x))
+
+
+class LayerScale(nn.Module):
+  """Per-channel learnable scale of a residual branch (CaiT / timm ls1, ls2)."""
+  init_value: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x):
+    gamma = self.param('gamma', nn.initializers.constant(self.init_value),
+                       (x.shape[-1],))
+    return x * gamma.astype(x.dtype)
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention with a fused qkv projection."""
+  num_heads: int = 8
+  qkv_bias: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    b, t, dim = x.shape
+    head_dim = dim // self.num_heads
+    qkv = nn.Dense(3 * dim, use_bias=self.qkv_bias, kernel_init=dense_init,
+                   dtype=self.dtype, name='qkv')(x)
+    # timm splits the 3*dim axis as (3, heads, head_dim).
+    qkv = qkv.reshape(b, t, 3, self.num_heads, head_dim)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    x = jax.nn.dot_product_attention(q, k, v)  # [B, T, N, H]
+    x = x.reshape(b, t, dim)
+    return nn.Dense(dim, kernel_init=dense_init, dtype=self.dtype,
+                    name='proj')(x)
+
+
+class Mlp(nn.Module):
+  """fc1 -> exact GELU -> fc2."""
+  hidden_dim: int
+  out_dim: Optional[int] = None
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    out_dim = self.out_dim or x.shape[-1]
+    x = nn.Dense(self.hidden_dim, kernel_init=dense_init, dtype=self.dtype,
+                 name='fc1')(x)
+    x = nn.gelu(x, approximate=False)
+    return nn.Dense(out_dim, kernel_init=dense_init, dtype=self.dtype,
+                    name='fc2')(x)
+
+
+class Block(nn.Module):
+  """Pre-norm transformer block: x + attn(norm1(x)); x + mlp(norm2(x))."""
+  num_heads: int
+  mlp_ratio: float = 4.0
+  qkv_bias: bool = True
+  drop_path: float = 0.0
+  layer_scale_init: Optional[float] = None
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    dim = x.shape[-1]
+    norm = lambda name: nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name=name)
+    drop_path = DropPath(self.drop_path)
+
+    y = Attention(self.num_heads, self.qkv_bias, dtype=self.dtype,
+                  name='attn')(norm('norm1')(x))
+    if self.layer_scale_init is not None:
+      y = LayerScale(self.layer_scale_init, name='ls1')(y)
+    x = x + drop_path(y, deterministic=not train)
+
+    y = Mlp(int(dim * self.mlp_ratio), dtype=self.dtype,
+            name='mlp')(norm('norm2')(x))
+    if self.layer_scale_init is not None:
+      y = LayerScale(self.layer_scale_init, name='ls2')(y)
+    return x + drop_path(y, deterministic=not train)

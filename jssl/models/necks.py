@@ -1,0 +1,82 @@
+"""Necks of the MMSelfSup algorithms as Flax modules (projectors, predictors, decoders)."""
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jssl.models import layers
+
+
+def global_avg_pool(x):
+  """[B, H, W, C] -> [B, C]; tokens/vectors pass through."""
+  return x.mean(axis=(1, 2)) if x.ndim == 4 else x
+
+
+class NonLinearNeck(nn.Module):
+  """MMSelfSup's NonLinearNeck: [avgpool] -> (fc -> BN -> ReLU) x (num_layers - 1) -> fc [-> BN].
+
+  BatchNorm over the global batch is SyncBN (the reference uses SyncBN). Defaults follow the reference:
+  no bias on the fcs, last BN with affine, no last bias.
+  """
+  hid_channels: int
+  out_channels: int
+  num_layers: int = 2
+  with_bias: bool = False
+  with_last_bn: bool = True
+  with_last_bn_affine: bool = True
+  with_last_bias: bool = False
+  with_avg_pool: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    if self.with_avg_pool:
+      x = global_avg_pool(x)
+    bn = lambda name, affine=True: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                                                use_scale=affine, use_bias=affine, dtype=self.dtype, name=name)
+    for i in range(self.num_layers - 1):
+      x = nn.Dense(self.hid_channels, use_bias=self.with_bias, dtype=self.dtype, name=f'fc{i}')(x)
+      x = nn.relu(bn(f'bn{i}')(x))
+    x = nn.Dense(self.out_channels, use_bias=self.with_last_bias, dtype=self.dtype,
+                 name=f'fc{self.num_layers - 1}')(x)
+    if self.with_last_bn:
+      x = bn(f'bn{self.num_layers - 1}', self.with_last_bn_affine)(x)
+    return x
+
+
+class MAEDecoder(nn.Module):
+  """MAE's lightweight decoder (MMSelfSup MAEPretrainDecoder): embed visible tokens, insert mask tokens,
+  un-shuffle to the patch grid, fixed 2-D sin-cos positions, transformer blocks, predict patch pixels."""
+  num_patches: int
+  patch_size: int
+  in_chans: int = 3
+  decoder_embed_dim: int = 512
+  decoder_depth: int = 8
+  decoder_num_heads: int = 16
+  mlp_ratio: float = 4.0
+  dtype: Any = jnp.float32
+  remat: bool = False
+
+  @nn.compact
+  def __call__(self, x, ids_restore, train: bool = False):
+    """x: encoder tokens [B, 1 + K, D] (cls first); ids_restore: [B, N]. Returns [B, N, p*p*C]."""
+    x = nn.Dense(self.decoder_embed_dim, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform(),
+                 name='decoder_embed')(x)
+    mask_token = self.param('mask_token', nn.initializers.normal(0.02), (1, 1, self.decoder_embed_dim))
+    b, n = ids_restore.shape
+    num_masked = n - (x.shape[1] - 1)
+    patches = jnp.concatenate([x[:, 1:], jnp.broadcast_to(mask_token, (b, num_masked, x.shape[-1])).astype(x.dtype)],
+                              axis=1)
+    patches = jnp.take_along_axis(patches, ids_restore[:, :, None], axis=1)
+    x = jnp.concatenate([x[:, :1], patches], axis=1)
+    grid = int(round(self.num_patches ** 0.5))
+    pos = layers.get_2d_sincos_pos_embed(self.decoder_embed_dim, grid, cls_token=True)
+    x = x + jnp.asarray(pos, x.dtype)[None]
+    block = nn.remat(layers.Block, static_argnums=(2,)) if self.remat else layers.Block
+    for i in range(self.decoder_depth):
+      x = block(num_heads=self.decoder_num_heads, mlp_ratio=self.mlp_ratio,
+                dtype=self.dtype, name=f'decoder_blocks_{i}')(x, train)
+    x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='decoder_norm')(x)
+    x = nn.Dense(self.patch_size ** 2 * self.in_chans, dtype=self.dtype,
+                 kernel_init=nn.initializers.xavier_uniform(), name='decoder_pred')(x)
+    return x[:, 1:]

@@ -1,0 +1,100 @@
+"""Vision Transformer backbone, timm-compatible parameter structure.
+
+Params: patch_embed/proj, cls_token, pos_embed (learned only), blocks_{i},
+norm. The sin-cos position embedding is a fixed constant, not a param.
+"""
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jssl.models.layers import Block, PatchEmbed, get_2d_sincos_pos_embed
+
+Dtype = Any
+
+
+def resize_pos_embed(pos_embed, old_grid, new_grid):
+  """Bicubically resizes the patch part of [1, 1 + h*w, D]; keeps cls row."""
+  if tuple(old_grid) == tuple(new_grid):
+    return pos_embed
+  cls_pos, patch_pos = pos_embed[:, :1], pos_embed[:, 1:]
+  d = pos_embed.shape[-1]
+  patch_pos = patch_pos.reshape(1, *old_grid, d)
+  patch_pos = jax.image.resize(patch_pos, (1, *new_grid, d), method='bicubic')
+  patch_pos = patch_pos.reshape(1, new_grid[0] * new_grid[1], d)
+  return jnp.concatenate([cls_pos, patch_pos], axis=1)
+
+
+class VisionTransformer(nn.Module):
+  """ViT encoder returning the (normed) token sequence [B, 1 + N, D].
+
+  `ids_keep` [B, N_keep] selects patch tokens after the position embedding is
+  added and before the cls token is prepended; MAE uses it to encode only the
+  visible patches.
+  """
+  img_size: int = 224
+  patch_size: int = 16
+  embed_dim: int = 768
+  depth: int = 12
+  num_heads: int = 12
+  mlp_ratio: float = 4.0
+  qkv_bias: bool = True
+  pos_embed: str = 'learned'  # 'learned' | 'sincos'
+  drop_path_rate: float = 0.0
+  layer_scale_init: Optional[float] = None
+  dtype: Dtype = jnp.float32
+  final_norm: bool = True
+  remat: bool = False
+
+  @property
+  def feature_dim(self):
+    return self.embed_dim
+
+  @property
+  def grid_size(self):
+    return self.img_size // self.patch_size
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, ids_keep=None):
+    x, grid = PatchEmbed(self.patch_size, self.embed_dim, dtype=self.dtype,
+                         name='patch_embed')(x)
+    b = x.shape[0]
+
+    num_pos = 1 + self.grid_size**2
+    if self.pos_embed == 'learned':
+      pos_embed = self.param('pos_embed',
+                             nn.initializers.truncated_normal(0.02),
+                             (1, num_pos, self.embed_dim))
+    elif self.pos_embed == 'sincos':
+      pos_embed = jnp.asarray(get_2d_sincos_pos_embed(
+          self.embed_dim, self.grid_size, cls_token=True))[None]
+    else:
+      raise ValueError(f"unknown pos_embed '{self.pos_embed}'; "
+                       "valid: learned, sincos")
+    pos_embed = resize_pos_embed(pos_embed, (self.grid_size,) * 2, grid)
+    pos_embed = pos_embed.astype(self.dtype)
+
+    x = x + pos_embed[:, 1:]
+    if ids_keep is not None:
+      x = jnp.take_along_axis(x, ids_keep[..., None], axis=1)
+
+    cls_token = self.param('cls_token', nn.initializers.truncated_normal(0.02),
+                           (1, 1, self.embed_dim))
+    cls_token = cls_token.astype(self.dtype) + pos_embed[:, :1]
+    x = jnp.concatenate([jnp.broadcast_to(cls_token, (b, 1, self.embed_dim)),
+                         x], axis=1)
+
+    # `train` is positional arg 2 (after self, x) and must stay static.
+    block_cls = nn.remat(Block, static_argnums=(2,)) if self.remat else Block
+    drop_path_rates = np.linspace(0.0, self.drop_path_rate, self.depth)
+    for i in range(self.depth):
+      x = block_cls(self.num_heads, self.mlp_ratio, self.qkv_bias,
+                    drop_path=float(drop_path_rates[i]),
+                    layer_scale_init=self.layer_scale_init, dtype=self.dtype,
+                    name=f'blocks_{i}')(x, train)
+
+    if self.final_norm:
+      x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='norm')(x)
+    return x

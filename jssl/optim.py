@@ -1,0 +1,77 @@
+"""Optimizers and learning-rate schedules from `config.optimizer` / `config.schedule`, built from optax parts.
+
+The recipes of the reference (MMSelfSup) translate as:
+- LARS (SimCLR, BYOL, Barlow Twins): `optax.lars`; parameters with ndim <= 1 (BatchNorm scale/bias, biases) are
+  excluded from both weight decay and the trust-ratio adaptation (MMSelfSup's `lars_exclude` + `decay_mult=0`).
+  optax applies the learning rate before the momentum trace and takes the trust ratio of (g + wd * w);
+  MMSelfSup's LARS applies lr after momentum and uses |g| + wd |w|. Identical for a constant lr, and the
+  standard JAX formulation otherwise.
+- AdamW (MAE, MoCo v3, ...): `optax.adamw` with a weight-decay mask (no decay for norms, biases and the names in
+  `no_decay_names`, e.g. pos_embed / cls_token / mask_token as in MAE).
+- SGD with momentum: `optax.sgd` + masked `add_decayed_weights` (coupled L2, like torch.optim.SGD).
+Schedules are linear warmup from `lr * warmup_start_factor` followed by cosine annealing to `min_lr` (or constant).
+"""
+import flax.traverse_util
+import jax
+import optax
+
+OPTIMIZERS = ('adamw', 'lars', 'sgd')
+SCHEDULES = ('cosine', 'constant')
+
+
+def decay_mask(params, no_decay_names=(), exclude_1d=True):
+  """True where weight decay (and LARS adaptation) applies."""
+  flat = flax.traverse_util.flatten_dict(params)
+
+  def decays(path, x):
+    if exclude_1d and x.ndim <= 1:
+      return False
+    return not any(name in path for name in no_decay_names)
+
+  return flax.traverse_util.unflatten_dict({k: decays(k, v) for k, v in flat.items()})
+
+
+def build_schedule(opt_cfg, sched_cfg, steps_per_epoch: int, total_steps: int):
+  """Learning rate per optimizer step."""
+  lr = opt_cfg.lr
+  if sched_cfg.name not in SCHEDULES:
+    raise ValueError(f"config.schedule.name: unknown schedule '{sched_cfg.name}'; valid: {', '.join(SCHEDULES)}")
+  warmup_steps = int(round(sched_cfg.warmup_epochs * steps_per_epoch))
+  warmup_steps = min(warmup_steps, total_steps)
+  if sched_cfg.name == 'constant':
+    main = optax.constant_schedule(lr)
+  else:
+    main = optax.cosine_decay_schedule(lr, max(total_steps - warmup_steps, 1), alpha=sched_cfg.min_lr / lr if lr else 0.)
+  if warmup_steps == 0:
+    return main
+  warmup = optax.linear_schedule(lr * sched_cfg.warmup_start_factor, lr, warmup_steps)
+  return optax.join_schedules([warmup, main], [warmup_steps])
+
+
+def build_optimizer(opt_cfg, schedule, params):
+  """optax GradientTransformation for `config.optimizer` (clipping and accumulation included)."""
+  name = opt_cfg.name
+  mask = decay_mask(params, tuple(opt_cfg.get('no_decay_names', ())), opt_cfg.get('exclude_1d_from_decay', True))
+  if name == 'lars':
+    tx = optax.lars(schedule, weight_decay=opt_cfg.weight_decay, weight_decay_mask=mask, trust_ratio_mask=mask,
+                    momentum=opt_cfg.momentum, trust_coefficient=opt_cfg.get('trust_coefficient', 0.001),
+                    eps=opt_cfg.get('eps', 1e-8), nesterov=opt_cfg.get('nesterov', False))
+  elif name == 'adamw':
+    b1, b2 = opt_cfg.betas
+    tx = optax.adamw(schedule, b1=b1, b2=b2, eps=opt_cfg.get('eps', 1e-8), weight_decay=opt_cfg.weight_decay,
+                     mask=mask)
+  elif name == 'sgd':
+    tx = optax.chain(optax.add_decayed_weights(opt_cfg.weight_decay, mask),
+                     optax.sgd(schedule, momentum=opt_cfg.momentum or None, nesterov=opt_cfg.get('nesterov', False)))
+  else:
+    raise ValueError(f"config.optimizer.name: unknown optimizer '{name}'; valid: {', '.join(OPTIMIZERS)}")
+  frozen = tuple(opt_cfg.get('frozen_names', ()))
+  if frozen:  # e.g. MoCo v3's patch embedding: no update at all
+    labels = jax.tree_util.tree_map_with_path(
+        lambda p, _: 'frozen' if any(getattr(k, 'key', None) in frozen for k in p) else 'train', params)
+    tx = optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()}, labels)
+  if opt_cfg.get('grad_clip_norm'):
+    tx = optax.chain(optax.clip_by_global_norm(opt_cfg.grad_clip_norm), tx)
+  if opt_cfg.get('grad_accum_steps', 1) > 1:
+    tx = optax.MultiSteps(tx, every_k_schedule=opt_cfg.grad_accum_steps)
+  return tx

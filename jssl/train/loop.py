@@ -1,0 +1,207 @@
+"""Pretraining loop: build everything from the config, resume if the workdir has a checkpoint, run the jit'd
+train step over global batches, and do the periodic actions (log, checkpoint, kNN eval)."""
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from jssl import checkpoint, optim
+from jssl.data import augment, loader, sources, transforms
+from jssl.evaluate import knn
+from jssl.methods.base import build_method
+from jssl.train import sharding
+from jssl.train.state import TrainState
+
+
+def steps_for(config, num_records):
+  """(steps_per_epoch, total micro-steps) for the config and dataset size."""
+  steps_per_epoch = max(num_records // config.batch_size, 1)
+  total = config.total_steps if config.get('total_steps') else int(config.epochs * steps_per_epoch)
+  return steps_per_epoch, total
+
+
+def build_device_augment(config):
+  """One on-device augmentation function per view (config.data.augment applies to every view unless
+  config.data.augment_per_view gives a list per view)."""
+  d = config.data
+  per_view = d.get('augment_per_view') or [d.augment] * num_views(config)
+  return [augment.build_augment(list(ops), mean=d.mean, std=d.std) for ops in per_view]
+
+
+def num_views(config):
+  return sum(v.get('num', 1) for v in config.data.views)
+
+
+def example_batch(config):
+  """Global uint8 view shapes the train step sees."""
+  views = []
+  for v in config.data.views:
+    views += [jax.ShapeDtypeStruct((config.batch_size, v['size'], v['size'], 3), jnp.uint8)] * v.get('num', 1)
+  return {'views': tuple(views)}
+
+
+def make_train_step(method, tx, augment_fns):
+  def train_step(state: TrainState, batch):
+    rng = jax.random.fold_in(state.rng, state.step)
+    aug_rng, loss_rng = jax.random.split(rng)
+    aug_keys = jax.random.split(aug_rng, len(augment_fns))
+    views = tuple(fn(k, v) for fn, k, v in zip(augment_fns, aug_keys, batch['views']))
+    batch = {**batch, 'views': views}
+    grad_fn = jax.value_and_grad(method.loss, has_aux=True)
+    (loss, (metrics, model_state, method_state)), grads = grad_fn(
+        state.params, state.model_state, state.method_state, batch, loss_rng, state.step)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    method_state = method.after_step(params, method_state, state.step)
+    metrics = {**metrics, 'grad_norm': optax.global_norm(grads)}
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state,
+                              method_state=method_state)
+    return new_state, metrics
+  return train_step
+
+
+class Trainer:
+  """Everything built from a config; `run()` trains, `evaluate_knn()` evaluates."""
+
+  def __init__(self, config, workdir, num_records=None):
+    """`num_records` stands in for the training set's size when no data is read (benchmarks)."""
+    self.config = config
+    self.workdir = workdir
+    self.mesh = sharding.make_mesh(**config.mesh)
+    self.method = build_method(config)
+    if num_records is None:
+      self.train_source = sources.build_source(config.data, 'train')
+      num_records = len(self.train_source)
+    self.steps_per_epoch, self.total_steps = steps_for(config, num_records)
+    accum = config.optimizer.get('grad_accum_steps', 1)
+    self.schedule = optim.build_schedule(config.optimizer, config.schedule, self.steps_per_epoch // accum,
+                                         self.total_steps // accum)
+    self.augment_fns = build_device_augment(config)
+    self.batch_sharding = sharding.batch_sharding(self.mesh)
+
+    def init_state(rng):
+      param_rng, state_rng = jax.random.split(rng)
+      batch = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), example_batch(config))
+      params, model_state, method_state = self.method.init(param_rng, batch)
+      tx = optim.build_optimizer(config.optimizer, self.schedule, params)
+      return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                        model_state=model_state, method_state=method_state, rng=state_rng)
+
+    abstract = jax.eval_shape(init_state, jax.random.PRNGKey(config.seed))
+    self.state_sharding = sharding.param_shardings(abstract, self.mesh, config.param_sharding)
+    self.abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                       abstract, self.state_sharding)
+    self.init_state = jax.jit(init_state, out_shardings=self.state_sharding)
+    self.tx = optim.build_optimizer(config.optimizer, self.schedule, abstract.params)
+    self.train_step = jax.jit(make_train_step(self.method, self.tx, self.augment_fns),
+                              in_shardings=(self.state_sharding, self.batch_sharding),
+                              out_shardings=(self.state_sharding, sharding.replicated(self.mesh)),
+                              donate_argnums=(0,))
+
+  def make_loader(self):
+    d = self.config.data
+    return loader.make_loader(self.train_source, [transforms.RandomResizedCropViews([dict(v) for v in d.views])],
+                              self.config.batch_size, seed=self.config.seed, shuffle=True,
+                              worker_count=d.workers)
+
+  # --- evaluation -------------------------------------------------------------------------------------------
+  def evaluate_knn(self, state):
+    """Weighted kNN top-1/top-5 of the backbone's features, train split as memory, val split as queries."""
+    d, e = self.config.data, self.config.eval
+    if not hasattr(self, '_eval_sources'):
+      self._eval_sources = (sources.build_source(d, 'train'), sources.build_source(d, 'val'))
+    transform = transforms.ResizeCenterCrop(resize=e.resize, crop=e.crop, interpolation=e.interpolation)
+    mean, std = jnp.asarray(d.mean, jnp.float32), jnp.asarray(d.std, jnp.float32)
+    normalize = lambda x: (x.astype(jnp.float32) / 255. - mean) / std
+    extract = lambda x: self.method.extract(state.params, state.model_state, x)
+    train_f, train_y = knn.extract_features(extract, self._eval_sources[0], transform, e.batch_size, self.mesh,
+                                            normalize)
+    test_f, test_y = knn.extract_features(extract, self._eval_sources[1], transform, e.batch_size, self.mesh,
+                                          normalize)
+    return knn.knn_accuracy(train_f, train_y, test_f, test_y, k=e.knn_k, temperature=e.knn_t)
+
+  # --- training ---------------------------------------------------------------------------------------------
+  def run(self):
+    config, workdir = self.config, self.workdir
+    is_main = jax.process_index() == 0
+    os.makedirs(workdir, exist_ok=True)
+    if is_main:
+      with open(os.path.join(workdir, 'config.json'), 'w') as f:
+        f.write(config.to_json_best_effort(indent=2))
+    data_loader = self.make_loader()
+    data_iter = iter(data_loader)
+    manager = checkpoint.make_manager(workdir, config.checkpoint.keep, config.checkpoint.get('keep_every') or None,
+                                      config.checkpoint.get('async_save', True))
+    if manager.latest_step() is not None:
+      state, step = checkpoint.restore(manager, self.abstract_state, data_iter)
+      logging.info('resumed from %s at step %d', manager.directory, step)
+      print(f'resumed from step {step} ({manager.directory})', flush=True)
+    else:
+      state = self.init_state(jax.random.PRNGKey(config.seed))
+    writer = _summary_writer(workdir) if is_main else None
+    step = int(state.step)
+    accum = config.optimizer.get('grad_accum_steps', 1)
+    start_time, last_time, last_step = time.time(), time.time(), step
+    metrics = None
+    while step < self.total_steps:
+      batch = loader.to_global(next(data_iter), self.mesh)
+      state, metrics = self.train_step(state, batch)
+      step += 1
+      if step % config.log_every == 0 or step == self.total_steps:
+        metrics = jax.device_get(metrics)
+        if not np.isfinite(metrics['loss']):
+          raise FloatingPointError(f'loss is {metrics["loss"]} at step {step}; the last checkpoint in '
+                                   f'{manager.directory} is intact')
+        now = time.time()
+        img_s = (step - last_step) * config.batch_size / (now - last_time)
+        lr = float(self.schedule((step - 1) // accum))
+        eta = (self.total_steps - step) * (now - last_time) / (step - last_step)
+        last_time, last_step = now, step
+        if is_main:
+          print(f'step {step}/{self.total_steps} | epoch {step / self.steps_per_epoch:.2f} | '
+                f'loss {metrics["loss"]:.4f} | lr {lr:.3g} | {img_s:.1f} img/s | ETA {_hms(eta)}', flush=True)
+          for k, v in metrics.items():
+            writer.add_scalar(f'train/{k}', float(v), step)
+          writer.add_scalar('train/lr', lr, step)
+          writer.add_scalar('train/img_per_sec', img_s, step)
+      if step % config.checkpoint.every == 0 or step == self.total_steps:
+        checkpoint.save(manager, step, state, data_iter)
+      if config.eval.every and step % config.eval.every == 0 and step != self.total_steps:
+        result = self.evaluate_knn(state)
+        if is_main:
+          print(f'step {step} | knn top1 {result["top1"]:.2f} top5 {result["top5"]:.2f}', flush=True)
+          writer.add_scalar('eval/knn_top1', result['top1'], step)
+    manager.wait_until_finished()
+    results = {'steps': step, 'train_seconds_this_run': round(time.time() - start_time, 1)}
+    if config.eval.at_end:
+      trained = self.evaluate_knn(state)
+      random_init = self.evaluate_knn(self.init_state(jax.random.PRNGKey(config.seed)))
+      results.update({'knn_top1': trained['top1'], 'knn_top5': trained['top5'],
+                      'knn_top1_random_init': random_init['top1'], 'knn_top5_random_init': random_init['top5'],
+                      'knn_k': config.eval.knn_k, 'knn_t': config.eval.knn_t})
+      if is_main:
+        print(f'kNN (k={config.eval.knn_k}) top-1: trained {trained["top1"]:.2f}% | random init '
+              f'{random_init["top1"]:.2f}%', flush=True)
+        writer.add_scalar('eval/knn_top1', trained['top1'], step)
+    if is_main:
+      with open(os.path.join(workdir, 'results.json'), 'w') as f:
+        json.dump(results, f, indent=2)
+      writer.close()
+    manager.close()
+    return state, results
+
+
+def _summary_writer(workdir):
+  from tensorboardX import SummaryWriter  # pure-python event writer, no TensorFlow needed
+  return SummaryWriter(os.path.join(workdir, 'tensorboard'))
+
+
+def _hms(seconds):
+  seconds = int(seconds)
+  return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s' if seconds >= 3600 else \
+      f'{seconds // 60}m{seconds % 60:02d}s'

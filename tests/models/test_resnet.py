@@ -1,0 +1,164 @@
+"""ResNet vs torchvision with copied weights."""
+import pytest
+
+torch = pytest.importorskip('torch')
+torchvision = pytest.importorskip('torchvision')
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jssl.models import backbone_feature_dim, build_backbone
+from jssl.models.resnet import BasicBlock, Bottleneck, ResNet
+
+
+def torch_to_flax(torch_model):
+  """torchvision state_dict -> {'params', 'batch_stats'} for jssl ResNet."""
+  params, batch_stats = {}, {}
+  for key, value in torch_model.state_dict().items():
+    if key.startswith('fc.') or key.endswith('num_batches_tracked'):
+      continue
+    value = value.detach().numpy()
+    *path, leaf = key.split('.')
+    # layer1.0.downsample.1 -> layer1_0/downsample_bn
+    path = '.'.join(path).replace('downsample.0', 'downsample_conv')
+    path = path.replace('downsample.1', 'downsample_bn')
+    path = path.replace('.', '_', 1) if path.startswith('layer') else path
+    path = path.split('.')
+    if leaf == 'weight' and value.ndim == 4:
+      tree, leaf, value = params, 'kernel', value.transpose(2, 3, 1, 0)
+    else:
+      tree, leaf = {
+          'weight': (params, 'scale'), 'bias': (params, 'bias'),
+          'running_mean': (batch_stats, 'mean'),
+          'running_var': (batch_stats, 'var')}[leaf]
+    for p in path:
+      tree = tree.setdefault(p, {})
+    tree[leaf] = jnp.asarray(value)
+  return {'params': params, 'batch_stats': batch_stats}
+
+
+def randomize_bn(torch_model, seed=0):
+  """Non-trivial BN affine params and running stats so BN is really tested."""
+  gen = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for m in torch_model.modules():
+      if isinstance(m, torch.nn.BatchNorm2d):
+        n = m.num_features
+        m.weight.copy_(1 + 0.2 * torch.randn(n, generator=gen))
+        m.bias.copy_(0.2 * torch.randn(n, generator=gen))
+        m.running_mean.copy_(0.2 * torch.randn(n, generator=gen))
+        m.running_var.copy_(0.5 + torch.rand(n, generator=gen))
+
+
+def torch_features(m, x):
+  """Outputs 0 (stem, before max-pool) .. 4 of a torchvision ResNet."""
+  x = m.relu(m.bn1(m.conv1(x)))
+  outs = [x]
+  x = m.maxpool(x)
+  for layer in (m.layer1, m.layer2, m.layer3, m.layer4):
+    x = layer(x)
+    outs.append(x)
+  return outs
+
+
+def assert_close(actual, expected, rtol=1e-4):
+  expected = np.asarray(expected)
+  err = np.max(np.abs(np.asarray(actual, np.float32) - expected))
+  assert err <= rtol * np.max(np.abs(expected)), (err, np.abs(expected).max())
+
+
+def build_pair(name, seed):
+  torch.manual_seed(seed)
+  torch_model = getattr(torchvision.models, name)(weights=None)
+  randomize_bn(torch_model, seed)
+  model = build_backbone(name, out_indices=(0, 1, 2, 3, 4))
+  variables = torch_to_flax(torch_model)
+  # The mapped tree must match the module's own tree exactly.
+  expected = jax.eval_shape(model.init, jax.random.key(0),
+                            jnp.zeros((1, 64, 64, 3)))
+  assert (jax.tree.map(jnp.shape, variables)
+          == jax.tree.map(lambda s: s.shape, expected))
+  return torch_model, model, variables
+
+
+@pytest.mark.parametrize('name, channels', [
+    ('resnet18', (64, 64, 128, 256, 512)),
+    ('resnet50', (64, 256, 512, 1024, 2048)),
+])
+def test_matches_torchvision(name, channels):
+  torch_model, model, variables = build_pair(name, seed=1)
+  x = np.random.RandomState(0).randn(4, 3, 64, 64).astype(np.float32)
+  x_nhwc = jnp.asarray(x.transpose(0, 2, 3, 1))
+
+  # Eval mode: BN uses the (random) running statistics.
+  torch_model.eval()
+  with torch.no_grad():
+    expected = torch_features(torch_model, torch.from_numpy(x))
+  outs = jax.jit(model.apply)(variables, x_nhwc)
+  assert len(outs) == 5
+  sizes = (32, 16, 8, 4, 2)
+  for out, exp, c, s in zip(outs, expected, channels, sizes):
+    assert out.shape == (4, s, s, c)
+    assert_close(out, exp.numpy().transpose(0, 2, 3, 1))
+
+  # Train mode: BN normalises with batch statistics and updates running ones.
+  torch_model.train()
+  with torch.no_grad():
+    expected = torch_features(torch_model, torch.from_numpy(x))
+  apply_train = jax.jit(
+      lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']))
+  outs, new_state = apply_train(variables, x_nhwc)
+  for out, exp in zip(outs, expected):
+    assert_close(out, exp.numpy().transpose(0, 2, 3, 1))
+  # momentum 0.9 (flax) == momentum 0.1 (torch) for the running mean.
+  assert_close(new_state['batch_stats']['layer4_1']['bn2']['mean'],
+               torch_model.layer4[1].bn2.running_mean.numpy(), rtol=1e-5)
+
+
+def test_default_returns_last_stage_only():
+  model = build_backbone('resnet50')
+  out = jax.eval_shape(lambda x: model.init_with_output(
+      jax.random.key(0), x)[0], jnp.zeros((2, 64, 64, 3)))
+  assert len(out) == 1 and out[0].shape == (2, 2, 2, 2048)
+  assert model.feature_dim == 2048
+  assert backbone_feature_dim('resnet18') == 512
+  assert backbone_feature_dim('resnet50') == 2048
+
+
+def test_bfloat16_compute_float32_params():
+  model = build_backbone('resnet18', dtype=jnp.bfloat16)
+  out, variables = jax.eval_shape(lambda x: model.init_with_output(
+      jax.random.key(0), x), jnp.zeros((2, 32, 32, 3)))
+  assert out[0].dtype == jnp.bfloat16
+  assert all(l.dtype == jnp.float32 for l in jax.tree.leaves(variables))
+
+
+def test_init_and_zero_init_residual():
+  # Small nets and the rbg PRNG keep compilation (mostly of the RNG) fast.
+  x = jnp.zeros((1, 32, 32, 3))
+  key = jax.random.key(0, impl='rbg')
+  init = lambda model: jax.jit(model.init)(key, x)['params']
+  params = init(ResNet(stage_sizes=(1, 1), block_cls=Bottleneck,
+                       out_indices=(2,), zero_init_residual=True))
+  for i in (1, 2):
+    block = params[f'layer{i}_0']
+    np.testing.assert_array_equal(block['bn3']['scale'], 0.0)
+    np.testing.assert_array_equal(block['bn3']['bias'], 0.0)
+    np.testing.assert_array_equal(block['bn1']['scale'], 1.0)
+    np.testing.assert_array_equal(block['downsample_bn']['scale'], 1.0)
+  # Kaiming normal, fan_out: std = sqrt(2 / (64 * 7 * 7)).
+  std = np.std(np.asarray(params['conv1']['kernel']))
+  np.testing.assert_allclose(std, np.sqrt(2 / (64 * 49)), rtol=0.05)
+
+  params = init(ResNet(stage_sizes=(1, 1), block_cls=BasicBlock,
+                       out_indices=(2,), zero_init_residual=True))
+  np.testing.assert_array_equal(params['layer2_0']['bn2']['scale'], 0.0)
+  np.testing.assert_array_equal(params['layer2_0']['bn1']['scale'], 1.0)
+
+
+def test_unknown_backbone():
+  with pytest.raises(ValueError, match="unknown backbone 'resnet99'; valid: "
+                     'resnet101, resnet152, resnet18, resnet34, resnet50, '
+                     'vit_base, vit_large, vit_small, vit_tiny'):
+    build_backbone('resnet99')

@@ -1,0 +1,198 @@
+"""VisionTransformer vs timm with copied weights, plus MAE-specific pieces."""
+import pytest
+
+torch = pytest.importorskip('torch')
+timm = pytest.importorskip('timm')
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jssl.models import build_backbone, backbone_feature_dim
+from jssl.models.layers import DropPath, get_2d_sincos_pos_embed
+from jssl.models.vit import VisionTransformer
+
+CONFIG = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4)
+
+
+def make_timm(layer_scale_init=None, **kwargs):
+  """Small timm ViT with every parameter randomised (biases, LN, ls too)."""
+  torch.manual_seed(0)
+  model = timm.models.vision_transformer.VisionTransformer(
+      **CONFIG, num_classes=0, init_values=layer_scale_init, **kwargs)
+  with torch.no_grad():
+    for p in model.parameters():
+      p.add_(0.1 * torch.randn_like(p))
+  return model.eval()
+
+
+def timm_to_flax(torch_model):
+  """timm state_dict -> jssl params (blocks.0.attn.qkv -> blocks_0/attn/qkv)."""
+  params = {}
+  for key, value in torch_model.state_dict().items():
+    value = value.detach().numpy()
+    *path, leaf = key.replace('blocks.', 'blocks_').split('.')
+    if leaf == 'weight' and value.ndim == 4:  # conv OIHW -> HWIO
+      leaf, value = 'kernel', value.transpose(2, 3, 1, 0)
+    elif leaf == 'weight' and value.ndim == 2:  # linear [out, in] -> [in, out]
+      leaf, value = 'kernel', value.T
+    elif leaf == 'weight':  # LayerNorm
+      leaf = 'scale'
+    tree = params
+    for p in path:
+      tree = tree.setdefault(p, {})
+    tree[leaf] = jnp.asarray(value)
+  return {'params': params}
+
+
+def random_images(batch=2, size=32, seed=0):
+  x = np.random.RandomState(seed).randn(batch, 3, size, size).astype(np.float32)
+  return x, jnp.asarray(x.transpose(0, 2, 3, 1))
+
+
+def assert_close(actual, expected, rtol=1e-4):
+  expected = np.asarray(expected)
+  err = np.max(np.abs(np.asarray(actual) - expected))
+  assert err <= rtol * np.max(np.abs(expected)), (err, np.abs(expected).max())
+
+
+def assert_same_structure(model, variables, x):
+  expected = jax.eval_shape(model.init, jax.random.key(0), x)
+  assert (jax.tree.map(jnp.shape, variables)
+          == jax.tree.map(lambda s: s.shape, expected))
+
+
+@pytest.mark.parametrize('layer_scale_init', [None, 0.1])
+def test_matches_timm(layer_scale_init):
+  torch_model = make_timm(layer_scale_init)
+  model = VisionTransformer(**CONFIG, layer_scale_init=layer_scale_init)
+  variables = timm_to_flax(torch_model)
+  x, x_nhwc = random_images()
+  assert_same_structure(model, variables, x_nhwc)
+  with torch.no_grad():
+    expected = torch_model.forward_features(torch.from_numpy(x)).numpy()
+  out = jax.jit(model.apply)(variables, x_nhwc)
+  assert out.shape == (2, 17, 64)
+  assert_close(out, expected)
+
+
+def test_pos_embed_interpolation_matches_timm():
+  # timm resamples the learned pos embed (bicubic, antialias) for other sizes.
+  torch_model = make_timm(dynamic_img_size=True)
+  model = VisionTransformer(**CONFIG)
+  variables = timm_to_flax(torch_model)
+  x, x_nhwc = random_images(size=48)
+  with torch.no_grad():
+    expected = torch_model.forward_features(torch.from_numpy(x)).numpy()
+  out = jax.jit(model.apply)(variables, x_nhwc)
+  assert out.shape == (2, 1 + 36, 64)
+  assert_close(out, expected)
+
+
+def test_ids_keep_matches_manual_timm():
+  torch_model = make_timm()
+  model = VisionTransformer(**CONFIG)
+  variables = timm_to_flax(torch_model)
+  x, x_nhwc = random_images()
+  ids_keep = np.array([[3, 0, 9, 15], [12, 1, 2, 7]])
+
+  with torch.no_grad():  # MAE's encoder: gather after adding pos embed.
+    t = torch_model.patch_embed(torch.from_numpy(x))
+    t = t + torch_model.pos_embed[:, 1:]
+    index = torch.from_numpy(ids_keep)[..., None].expand(-1, -1, t.shape[-1])
+    t = torch.gather(t, 1, index)
+    cls = torch_model.cls_token + torch_model.pos_embed[:, :1]
+    t = torch.cat([cls.expand(t.shape[0], -1, -1), t], dim=1)
+    expected = torch_model.norm(torch_model.blocks(t)).numpy()
+
+  out = jax.jit(model.apply)(variables, x_nhwc, ids_keep=jnp.asarray(ids_keep))
+  assert out.shape == (2, 5, 64)
+  assert_close(out, expected)
+
+
+def test_sincos_pos_embed_formula():
+  # Independent loop over the MAE formula: the first half of the channels
+  # encodes the column (w) index, the second half the row (h) index; each
+  # half is [sin(p * w_k), cos(p * w_k)] with w_k = 10000^(-k / (D / 4)).
+  dim, grid = 16, 3
+  quarter = dim // 4
+  expected = np.zeros((1 + grid * grid, dim))
+  for row in range(grid):
+    for col in range(grid):
+      token = 1 + row * grid + col
+      for half, pos in enumerate((col, row)):
+        for k in range(quarter):
+          omega = 1.0 / 10000**(k / quarter)
+          expected[token, half * dim // 2 + k] = np.sin(pos * omega)
+          expected[token, half * dim // 2 + quarter + k] = np.cos(pos * omega)
+  actual = get_2d_sincos_pos_embed(dim, grid, cls_token=True)
+  assert actual.shape == (10, 16) and actual.dtype == np.float32
+  np.testing.assert_allclose(actual, expected, atol=1e-6)
+  assert get_2d_sincos_pos_embed(dim, grid, cls_token=False).shape == (9, 16)
+
+
+def test_sincos_is_fixed_not_a_param():
+  torch_model = make_timm()
+  with torch.no_grad():
+    torch_model.pos_embed.copy_(torch.from_numpy(
+        get_2d_sincos_pos_embed(64, 4, cls_token=True)[None]))
+  variables = timm_to_flax(torch_model)
+  del variables['params']['pos_embed']
+  model = VisionTransformer(**CONFIG, pos_embed='sincos')
+  x, x_nhwc = random_images()
+  assert_same_structure(model, variables, x_nhwc)
+  with torch.no_grad():
+    expected = torch_model.forward_features(torch.from_numpy(x)).numpy()
+  assert_close(jax.jit(model.apply)(variables, x_nhwc), expected)
+
+
+def test_drop_path_and_remat():
+  x = random_images()[1]
+  model = VisionTransformer(**CONFIG, drop_path_rate=0.5)
+  variables = timm_to_flax(make_timm())  # no RNG init: keeps compile short
+  apply = jax.jit(lambda v, seed, train: model.apply(
+      v, x, train=train, rngs={'dropout': jax.random.key(seed)}),
+                  static_argnums=2)
+
+  # Eval ignores the dropout rng; train mode with drop path does not.
+  eval_a = apply(variables, 1, False)
+  np.testing.assert_array_equal(eval_a, apply(variables, 2, False))
+  train_a, train_b = apply(variables, 1, True), apply(variables, 2, True)
+  assert not np.allclose(train_a, eval_a)
+  assert not np.allclose(train_a, train_b)
+
+  # Remat changes memory/compute, never values or param names.
+  remat_model = model.clone(remat=True)
+  assert_same_structure(remat_model, variables, x)
+  loss = lambda m: lambda v: jnp.sum(m.apply(
+      v, x, train=True, rngs={'dropout': jax.random.key(3)})**2)
+  value, grads = jax.jit(jax.value_and_grad(loss(model)))(variables)
+  remat_value, remat_grads = jax.jit(
+      jax.value_and_grad(loss(remat_model)))(variables)
+  np.testing.assert_allclose(remat_value, value, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
+               remat_grads, grads)
+
+
+def test_drop_path_is_per_sample():
+  x = jnp.ones((1000, 4, 8))
+  out = DropPath(0.25).apply({}, x, deterministic=False,
+                             rngs={'dropout': jax.random.key(0)})
+  per_sample = np.asarray(out).reshape(1000, -1)
+  # Each sample is either dropped entirely or scaled by 1 / keep_prob.
+  assert set(np.unique(per_sample)) <= {0.0, np.float32(1 / 0.75)}
+  assert np.all(per_sample.min(1) == per_sample.max(1))
+  assert 0.2 < np.mean(per_sample[:, 0] == 0) < 0.3
+
+
+def test_registry_and_bfloat16():
+  model = build_backbone('vit_small', img_size=32, depth=1)
+  assert model.patch_size == 16 and model.num_heads == 6
+  assert backbone_feature_dim('vit_base') == 768
+  assert build_backbone('vit_tiny', patch_size=8).patch_size == 8
+  model = build_backbone('vit_tiny', img_size=32, patch_size=8, depth=1,
+                         dtype=jnp.bfloat16)
+  out, variables = jax.eval_shape(lambda x: model.init_with_output(
+      jax.random.key(0), x), jnp.zeros((2, 32, 32, 3)))
+  assert out.shape == (2, 17, 192) and out.dtype == jnp.bfloat16
+  assert all(l.dtype == jnp.float32 for l in jax.tree.leaves(variables))
