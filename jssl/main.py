@@ -22,16 +22,25 @@ _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
 
 
 def maybe_initialize_distributed():
-  """Multi-process launches (TPU pod workers, SLURM, or explicit JAX_COORDINATOR_ADDRESS) join one JAX job."""
+  """Multi-process launches join one JAX job: explicit JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES +
+  JAX_PROCESS_ID (any cluster, e.g. several processes on one host), or what jax detects by itself
+  (SLURM with several tasks, TPU pod workers)."""
   import jax
-  if os.environ.get('JAX_COORDINATOR_ADDRESS') or os.environ.get('SLURM_NTASKS', '1') != '1' \
-      or os.environ.get('TPU_WORKER_HOSTNAMES', '').count(',') > 0:
+  env = os.environ
+  if env.get('JAX_COORDINATOR_ADDRESS') and env.get('JAX_NUM_PROCESSES'):
+    jax.distributed.initialize(coordinator_address=env['JAX_COORDINATOR_ADDRESS'],
+                               num_processes=int(env['JAX_NUM_PROCESSES']),
+                               process_id=int(env.get('JAX_PROCESS_ID', '0')))
+  elif env.get('SLURM_NTASKS', '1') != '1' or env.get('TPU_WORKER_HOSTNAMES', '').count(',') > 0 \
+      or env.get('JAX_COORDINATOR_ADDRESS'):
     jax.distributed.initialize()
 
 
 def main(argv):
   del argv
   config = config_value(_CONFIG)
+  if not flags.FLAGS['verbosity'].present:  # orbax/jax INFO chatter off unless asked for (-v 0)
+    logging.set_verbosity(logging.WARNING)
   if not _WORKDIR.value:
     fail('--workdir is required')
   from jssl.data.sources import DataNotFoundError

@@ -2,6 +2,7 @@
 `knn_classifier`, from DINO): cosine similarity, the k nearest training samples vote for their class with
 weight exp(sim / T); top-1 / top-5 accuracy in percent."""
 import concurrent.futures
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +12,7 @@ from jssl.losses import l2_normalize
 from jssl.train import sharding
 
 
-@jax.jit
+@functools.partial(jax.jit, static_argnames=('k',))
 def _votes(train_features, train_onehot, test_features, temperature, k):
   sim = test_features @ train_features.T
   top_sim, top_idx = jax.lax.top_k(sim, k)
@@ -31,7 +32,7 @@ def knn_accuracy(train_features, train_labels, test_features, test_labels, k=20,
   k = min(k, train_features.shape[0])
   top1 = top5 = 0
   for start in range(0, test_features.shape[0], chunk):
-    votes = _votes(train_features, onehot, test_features[start:start + chunk], temperature, k)
+    votes = _votes(train_features, onehot, test_features[start:start + chunk], temperature, k=k)
     ranked = np.argsort(-np.asarray(votes), axis=1, kind='stable')[:, :5]
     labels = test_labels[start:start + chunk, None]
     top1 += int((ranked[:, :1] == labels).sum())

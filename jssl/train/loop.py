@@ -68,15 +68,16 @@ def make_train_step(method, tx, augment_fns):
 class Trainer:
   """Everything built from a config; `run()` trains, `evaluate_knn()` evaluates."""
 
-  def __init__(self, config, workdir, num_records=None):
-    """`num_records` stands in for the training set's size when no data is read (benchmarks)."""
+  def __init__(self, config, workdir, num_records=None, devices=None):
+    """`num_records` stands in for the training set's size when no data is read (benchmarks, tests);
+    `devices` restricts the mesh to a subset of jax.devices()."""
     self.config = config
     self.workdir = workdir
-    self.mesh = sharding.make_mesh(**config.mesh)
-    self.method = build_method(config)
-    if num_records is None:
+    if num_records is None:  # first, so that missing data is reported before any device work
       self.train_source = sources.build_source(config.data, 'train')
       num_records = len(self.train_source)
+    self.mesh = sharding.make_mesh(**config.mesh, devices=devices)
+    self.method = build_method(config)
     self.steps_per_epoch, self.total_steps = steps_for(config, num_records)
     accum = config.optimizer.get('grad_accum_steps', 1)
     self.schedule = optim.build_schedule(config.optimizer, config.schedule, self.steps_per_epoch // accum,

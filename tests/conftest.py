@@ -1,0 +1,28 @@
+"""Shared test helpers. Tests run from the repo root (`python -m pytest`), 1 CPU device in-process; anything
+multi-device or multi-process runs in a subprocess with its own XLA_FLAGS."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_python(code_or_args, devices=1, env=None, timeout=900, check=True):
+  """Runs `python -c code` (str) or `python args...` (list) in a fresh process with `devices` CPU devices."""
+  full_env = dict(os.environ)
+  full_env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  full_env['PYTHONPATH'] = ROOT + os.pathsep + full_env.get('PYTHONPATH', '')
+  full_env.setdefault('JAX_PLATFORMS', 'cpu')
+  full_env.update(env or {})
+  args = [sys.executable, '-c', code_or_args] if isinstance(code_or_args, str) else [sys.executable] + code_or_args
+  proc = subprocess.run(args, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+  if check and proc.returncode != 0:
+    raise AssertionError(f'subprocess failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}')
+  return proc
+
+
+@pytest.fixture
+def root():
+  return ROOT

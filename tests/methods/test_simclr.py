@@ -1,0 +1,32 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs.simclr import get_config
+from jssl import losses
+from jssl.methods import simclr
+
+
+def test_simclr_loss_is_nt_xent_of_projections_and_bn_spans_both_views():
+  c = get_config('demo')
+  c.backbone.kwargs.num_filters = 8
+  c.model.neck_hid_channels = 16
+  c.model.neck_out_channels = 8
+  method = simclr.Method(c)
+  rng = np.random.default_rng(0)
+  v1 = jnp.asarray(rng.normal(size=(4, 32, 32, 3)), jnp.float32)
+  v2 = jnp.asarray(rng.normal(size=(4, 32, 32, 3)), jnp.float32)
+  params, model_state, method_state = method.init(jax.random.key(0), {'views': (v1, v2)})
+  loss, (metrics, new_model_state, _) = method.loss(params, model_state, method_state, {'views': (v1, v2)},
+                                                    jax.random.key(1), 0)
+  z, _ = method.net.apply({'params': params, **model_state}, jnp.concatenate([v1, v2]), train=True,
+                          mutable=['batch_stats'])
+  np.testing.assert_allclose(loss, losses.nt_xent(z[:4], z[4:], 0.1), rtol=1e-6)
+  # one forward over both views: BN running stats moved, from statistics of all 8 images
+  stem_mean = new_model_state['batch_stats']['backbone']['bn1']['mean']
+  assert not np.allclose(stem_mean, 0)
+  features = method.extract(params, new_model_state, v1)
+  assert features.shape == (4, 8 * 8)
+  grads = jax.grad(lambda p: method.loss(p, model_state, method_state, {'views': (v1, v2)}, jax.random.key(1),
+                                         0)[0])(params)
+  assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))

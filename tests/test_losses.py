@@ -1,0 +1,42 @@
+import numpy as np
+
+from jssl import losses
+
+
+def numpy_nt_xent(z1, z2, t):
+  """SimCLR's loss written out: for every anchor, -log softmax of its positive among the 2N - 1 others."""
+  z = np.concatenate([z1, z2]).astype(np.float64)
+  z = z / np.linalg.norm(z, axis=1, keepdims=True)
+  n = len(z1)
+  total = 0.
+  for i in range(2 * n):
+    pos = (i + n) % (2 * n)
+    sims = np.array([z[i] @ z[j] / t for j in range(2 * n) if j != i])
+    others = [j for j in range(2 * n) if j != i]
+    total += -(z[i] @ z[pos] / t) + np.log(np.exp(sims).sum())
+    assert pos in others
+  return total / (2 * n)
+
+
+def test_nt_xent_matches_numpy():
+  rng = np.random.default_rng(0)
+  z1, z2 = rng.normal(size=(6, 5)), rng.normal(size=(6, 5))
+  for t in (0.1, 0.5):
+    np.testing.assert_allclose(losses.nt_xent(z1, z2, t), numpy_nt_xent(z1, z2, t), rtol=1e-5)
+
+
+def test_nt_xent_lower_for_aligned_views():
+  rng = np.random.default_rng(1)
+  z = rng.normal(size=(8, 16))
+  assert losses.nt_xent(z, z + 0.01 * rng.normal(size=z.shape), 0.1) < losses.nt_xent(z, rng.normal(size=z.shape), 0.1)
+
+
+def test_masked_mse_only_counts_masked_positions():
+  rng = np.random.default_rng(2)
+  pred, target = rng.normal(size=(2, 4, 3)), rng.normal(size=(2, 4, 3))
+  mask = np.array([[1, 0, 0, 1], [0, 1, 0, 0]], np.float32)
+  expected = np.mean([np.mean((pred[b, i] - target[b, i]) ** 2) for b, i in [(0, 0), (0, 3), (1, 1)]])
+  np.testing.assert_allclose(losses.masked_mse(pred, target, mask), expected, rtol=1e-6)
+  pred2 = pred.copy()
+  pred2[0, 1] += 100.  # a visible position: no effect
+  np.testing.assert_allclose(losses.masked_mse(pred2, target, mask), expected, rtol=1e-6)

@@ -1,0 +1,43 @@
+"""The command line: configuration mistakes end with one line naming the fault and exit code 2."""
+import pytest
+
+from tests.conftest import run_python
+
+
+def run_main(*args):
+  return run_python(['-m', 'jssl.main', *args], check=False, timeout=300)
+
+
+def assert_one_line_error(proc, *needles):
+  assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
+  errors = [l for l in proc.stderr.splitlines() if l.startswith('jssl: error:')]
+  assert len(errors) == 1, proc.stderr[-3000:]
+  assert 'Traceback' not in proc.stderr
+  for needle in needles:
+    assert needle in errors[0], errors[0]
+
+
+@pytest.mark.parametrize('args,needles', [
+    (['--config.optimizer.lrr=1'], ["'config.optimizer.lrr'", 'valid fields of config.optimizer', 'lr,']),
+    (['--config.batch_size=abc'], ['--config.batch_size=abc']),
+    (['--config.method=simclrr'], ["config.method: unknown value 'simclrr'", 'mae, simclr']),
+    (['--config.backbone.name=resnet9'], ["config.backbone.name: unknown value 'resnet9'", 'resnet18']),
+    (['--config.optimizer.name=adam'], ["config.optimizer.name: unknown value 'adam'", 'adamw, lars, sgd']),
+    (['--config.data.name=imagenett'], ['imagenett', 'imagefolder']),
+])
+def test_config_errors(tmp_path, args, needles):
+  proc = run_main('--config=configs/simclr.py:demo', f'--workdir={tmp_path}', *args)
+  assert_one_line_error(proc, *needles)
+
+
+def test_unknown_variant_and_missing_file(tmp_path):
+  assert_one_line_error(run_main('--config=configs/mae.py:vit_xx', f'--workdir={tmp_path}'),
+                        "unknown variant 'vit_xx'", 'demo')
+  assert_one_line_error(run_main('--config=configs/nope.py', f'--workdir={tmp_path}'), 'configs/nope.py')
+
+
+@pytest.mark.parametrize('config', ['configs/simclr.py', 'configs/mae.py'])
+def test_missing_imagenet_names_location_and_demo(tmp_path, config):
+  proc = run_main(f'--config={config}', f'--workdir={tmp_path}', f'--config.data.root={tmp_path}/imagenet')
+  assert_one_line_error(proc, f'{tmp_path}/imagenet', 'config.data.root', ':demo')
+  assert not (tmp_path / 'checkpoints').exists()

@@ -1,0 +1,64 @@
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from jssl import optim
+
+
+def cfg(**kw):
+  return ml_collections.ConfigDict(kw)
+
+
+def test_decay_mask_excludes_norms_biases_and_named():
+  params = {'conv': {'kernel': jnp.ones((3, 3, 4, 4))}, 'bn': {'scale': jnp.ones(4), 'bias': jnp.ones(4)},
+            'pos_embed': jnp.ones((1, 5, 4)), 'fc': {'kernel': jnp.ones((4, 4)), 'bias': jnp.ones(4)}}
+  mask = optim.decay_mask(params, no_decay_names=('pos_embed',))
+  assert mask == {'conv': {'kernel': True}, 'bn': {'scale': False, 'bias': False}, 'pos_embed': False,
+                  'fc': {'kernel': True, 'bias': False}}
+
+
+def test_warmup_cosine_schedule_values():
+  s = optim.build_schedule(cfg(lr=1.0), cfg(name='cosine', warmup_epochs=2, warmup_start_factor=0.1, min_lr=0.01),
+                           steps_per_epoch=5, total_steps=30)
+  np.testing.assert_allclose(s(0), 0.1)
+  np.testing.assert_allclose(s(5), 0.1 + 0.9 * 5 / 10, rtol=1e-6)
+  np.testing.assert_allclose(s(10), 1.0)
+  for step in (15, 22, 29):  # cosine from 1.0 to 0.01 over the 20 steps after warmup
+    expected = 0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * (step - 10) / 20))
+    np.testing.assert_allclose(s(step), expected, rtol=1e-5)
+
+
+def test_lars_excludes_1d_params_from_adaptation_and_decay():
+  params = {'w': jnp.full((4, 4), 2.0), 'b': jnp.full((4,), 2.0)}
+  grads = {'w': jnp.full((4, 4), 0.5), 'b': jnp.full((4,), 0.5)}
+  tx = optim.build_optimizer(cfg(name='lars', lr=0.1, momentum=0.0, weight_decay=0.1), optax.constant_schedule(0.1),
+                             params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  # bias: plain SGD step, no decay, no trust ratio
+  np.testing.assert_allclose(updates['b'], -0.1 * 0.5)
+  # weight: g + wd w, scaled by eta |w| / |g + wd w|
+  g = 0.5 + 0.1 * 2.0
+  trust = 0.001 * np.linalg.norm(np.full((4, 4), 2.0)) / np.linalg.norm(np.full((4, 4), g))
+  np.testing.assert_allclose(updates['w'], -0.1 * trust * g, rtol=1e-5)
+
+
+def test_adamw_mask_and_accumulation():
+  params = {'w': jnp.ones((2, 2)), 'cls_token': jnp.ones((1, 1, 2))}
+  c = cfg(name='adamw', lr=0.1, betas=(0.9, 0.95), weight_decay=0.5, no_decay_names=('cls_token',),
+          grad_accum_steps=2)
+  tx = optim.build_optimizer(c, optax.constant_schedule(0.1), params)
+  state = tx.init(params)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  u1, state = tx.update(zeros, state, params)
+  assert all(float(jnp.abs(x).max()) == 0 for x in jax.tree.leaves(u1))  # first micro-step: no update
+  u2, state = tx.update(zeros, state, params)
+  np.testing.assert_allclose(u2['w'], -0.1 * 0.5)        # decoupled weight decay only
+  np.testing.assert_allclose(u2['cls_token'], 0.)        # excluded from decay
+
+
+def test_unknown_optimizer_error():
+  import pytest
+  with pytest.raises(ValueError, match="unknown optimizer 'adam'; valid: adamw, lars, sgd"):
+    optim.build_optimizer(cfg(name='adam'), optax.constant_schedule(0.1), {'w': jnp.ones((2, 2))})
