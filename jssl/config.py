@@ -73,13 +73,14 @@ def check_config(config):
   from jssl.methods.base import METHODS, DTYPES
   from jssl.models import BACKBONES
   from jssl import optim
-  from jssl.train import sharding
+  from jssl.data.sources import SOURCE_NAMES
   if not config.method:
     raise ConfigError('config.method is empty; valid: ' + ', '.join(sorted(METHODS)))
   checks = [('config.method', config.method, METHODS), ('config.backbone.name', config.backbone.name, BACKBONES),
             ('config.dtype', config.dtype, DTYPES), ('config.optimizer.name', config.optimizer.name, optim.OPTIMIZERS),
             ('config.schedule.name', config.schedule.name, optim.SCHEDULES),
-            ('config.param_sharding', config.param_sharding, ('replicate', 'fsdp'))]
+            ('config.param_sharding', config.param_sharding, ('replicate', 'fsdp')),
+            ('config.data.name', config.data.name, SOURCE_NAMES)]
   for field, value, valid in checks:
     if value not in valid:
       raise ConfigError(f"{field}: unknown value '{value}'; valid: {', '.join(sorted(valid))}")

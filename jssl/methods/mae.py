@@ -58,7 +58,7 @@ class Method:
     self.mask_ratio = m.mask_ratio
     self.norm_pix = m.norm_pix
     self.patch_size = config.backbone.kwargs.patch_size
-    image_size = config.data.views[0].size
+    image_size = config.data.views[0]['size']
     self.num_patches = (image_size // self.patch_size) ** 2
     encoder = build_backbone(config.backbone.name, dtype=dtype, **config.backbone.get('kwargs', {}))
     decoder = MAEDecoder(num_patches=self.num_patches, patch_size=self.patch_size,

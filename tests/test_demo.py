@@ -1,0 +1,34 @@
+"""The demo entry point end to end (shortened): progress lines, TensorBoard events, checkpoints, resolved config,
+results.json with trained and random-init kNN; then the benchmark tool on the same config."""
+import json
+
+import pytest
+
+from tests.conftest import run_python
+
+SHORT = ['--config.total_steps=12', '--config.log_every=4', '--config.checkpoint.every=6']
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('config', ['configs/simclr.py:demo', 'configs/mae.py:demo'])
+def test_demo_writes_everything(tmp_path, config):
+  proc = run_python(['-m', 'jssl.main', f'--config={config}', f'--workdir={tmp_path}', *SHORT])
+  lines = [l for l in proc.stdout.splitlines() if l.startswith('step ')]
+  assert lines[-1].startswith('step 12/12') and all(k in lines[-1] for k in ('loss', 'lr', 'img/s', 'ETA'))
+  assert 'top-1: trained' in proc.stdout
+  results = json.loads((tmp_path / 'results.json').read_text())
+  assert results['steps'] == 12
+  assert 0 <= results['knn_top1_random_init'] <= 100 and 0 <= results['knn_top1'] <= 100
+  assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit()) == ['12', '6']
+  assert list((tmp_path / 'tensorboard').glob('events.out.tfevents.*'))
+  assert json.loads((tmp_path / 'config.json').read_text())['total_steps'] == 12
+
+
+@pytest.mark.slow
+def test_bench_reports_figures(tmp_path):
+  out = tmp_path / 'bench.json'
+  run_python(['-m', 'jssl.bench', '--config=configs/mae.py:demo', '--config.batch_size=16', '--steps=2',
+              f'--json={out}'])
+  result = json.loads(out.read_text())
+  assert result['ms_per_step'] > 0 and result['img_per_s'] > 0 and result['gflops_per_step'] > 0
+  assert result['compiled_memory_mb']['temporaries'] > 0
