@@ -43,15 +43,15 @@ def test_loss_is_on_masked_patches_only():
   c = tiny_config()
   method = mae.Method(c)
   images = jnp.asarray(np.random.default_rng(2).normal(size=(3, 16, 16, 3)), jnp.float32)
-  params, model_state, method_state = method.init(jax.random.key(0), {'views': (images,)})
+  params, model_state, method_state = jax.jit(method.init)(jax.random.key(0), {'views': (images,)})
   rng = jax.random.key(7)
-  loss, _ = method.loss(params, model_state, method_state, {'views': (images,)}, rng, 0)
+  loss, _ = jax.jit(method.loss, static_argnums=5)(params, model_state, method_state, {'views': (images,)}, rng, 0)
   # recompute with the same mask: the loss is the masked mean, not the mean over every patch
   mask_rng, dropout_rng = jax.random.split(rng)
   ids_keep, mask, ids_restore = random_masking(mask_rng, 3, method.num_patches, c.model.mask_ratio)
   assert int(mask.sum()) == 3 * (method.num_patches - int(method.num_patches * 0.25))
-  pred = method.net.apply({'params': params}, images, ids_keep, ids_restore, train=True,
-                          rngs={'dropout': dropout_rng})
+  pred = jax.jit(lambda p: method.net.apply({'params': p}, images, ids_keep, ids_restore, train=True,
+                                            rngs={'dropout': dropout_rng}))(params)
   target = mae.pixel_targets(images, 4, True)
   np.testing.assert_allclose(loss, losses.masked_mse(pred, target, mask), rtol=1e-6)
   all_patches = losses.masked_mse(pred, target, jnp.ones_like(mask))

@@ -16,8 +16,8 @@ def test_simclr_loss_is_nt_xent_of_projections_and_bn_spans_both_views():
   rng = np.random.default_rng(0)
   v1 = jnp.asarray(rng.normal(size=(4, 32, 32, 3)), jnp.float32)
   v2 = jnp.asarray(rng.normal(size=(4, 32, 32, 3)), jnp.float32)
-  params, model_state, method_state = method.init(jax.random.key(0), {'views': (v1, v2)})
-  loss, (metrics, new_model_state, _) = method.loss(params, model_state, method_state, {'views': (v1, v2)},
+  params, model_state, method_state = jax.jit(method.init)(jax.random.key(0), {'views': (v1, v2)})
+  loss, (metrics, new_model_state, _) = jax.jit(method.loss)(params, model_state, method_state, {'views': (v1, v2)},
                                                     jax.random.key(1), 0)
   z, _ = method.net.apply({'params': params, **model_state}, jnp.concatenate([v1, v2]), train=True,
                           mutable=['batch_stats'])
@@ -27,6 +27,6 @@ def test_simclr_loss_is_nt_xent_of_projections_and_bn_spans_both_views():
   assert not np.allclose(stem_mean, 0)
   features = method.extract(params, new_model_state, v1)
   assert features.shape == (4, 8 * 8)
-  grads = jax.grad(lambda p: method.loss(p, model_state, method_state, {'views': (v1, v2)}, jax.random.key(1),
-                                         0)[0])(params)
+  grads = jax.jit(jax.grad(lambda p: method.loss(p, model_state, method_state, {'views': (v1, v2)}, jax.random.key(1),
+                                         0)[0]))(params)
   assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))

@@ -40,7 +40,7 @@ for name, mesh, mode in [('one', dict(data=1, fsdp=1), 'replicate'), ('dp8', dic
   state = trainer.init_state(jax.random.PRNGKey(0))
   batch = to_global({'views': views}, trainer.mesh)
   if name == 'fsdp':  # really sharded: some parameter lives in 4 pieces
-    shards = [len({s.index for s in x.addressable_shards}) for x in jax.tree.leaves(state.params)]
+    shards = [len({str(s.index) for s in x.addressable_shards}) for x in jax.tree.leaves(state.params)]
     assert max(shards) == 4, shards
   state, metrics = trainer.train_step(state, batch)
   state, metrics2 = trainer.train_step(state, batch)
@@ -63,6 +63,6 @@ def test_eight_devices_and_fsdp_match_one_device(method):
     np.testing.assert_allclose(got['loss'], ref['loss'], rtol=2e-5, err_msg=name)
     np.testing.assert_allclose(got['grad_norm'], ref['grad_norm'], rtol=1e-4, err_msg=name)
     np.testing.assert_allclose(got['loss2'], ref['loss2'], rtol=1e-4, err_msg=name)
-    np.testing.assert_allclose(got['param_sums'], ref['param_sums'], rtol=1e-4, err_msg=name)
+    np.testing.assert_allclose(got['param_sums'], ref['param_sums'], rtol=1e-4, atol=1e-6, err_msg=name)
     for a, b in zip(got['params'], ref['params']):
       np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5, err_msg=name)
