@@ -1,7 +1,9 @@
-"""Throughput and memory of a config's train step on synthetic batches (no dataset needed).
+"""Throughput and memory of a config's train step on synthetic batches (no dataset needed), or of one
+backbone's forward + backward.
 
   python -m jssl.bench --config=configs/simclr.py:demo
   python -m jssl.bench --config=configs/mae.py --config.batch_size=8 --steps=3
+  python -m jssl.bench --backbone=resnet50 --image_size=224 --batch_size=8 [--dtype=bfloat16]
 
 Prints compile time, ms/step, img/s, FLOPs per step (XLA cost analysis), achieved TFLOP/s and MFU when the
 device's peak is known, and memory (XLA's compiled memory analysis; the allocator's peak on GPU/TPU).
@@ -13,7 +15,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jssl.config import ConfigError, check_config, config_value, fail, parse_flags
@@ -22,6 +24,10 @@ from jssl.train import sharding
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/mae.py:demo.')
 _STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps (after one warm-up step).')
 _JSON = flags.DEFINE_string('json', None, 'Also write the figures to this JSON file.')
+_BACKBONE = flags.DEFINE_string('backbone', None, 'Benchmark this backbone alone (forward + backward) instead.')
+_IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Input size for --backbone.')
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', 8, 'Global batch for --backbone.')
+_DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype for --backbone.')
 
 # Dense peak FLOP/s per chip for bf16 (fp32 on CPU is not listed: MFU is not reported there).
 PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'TPU v4': 275e12, 'TPU v5 lite': 197e12,
@@ -50,8 +56,45 @@ def benchmark(config, steps=5):
   trainer = Trainer(config, workdir=None, num_records=max(config.batch_size * 1000, 1))
   state = trainer.init_state(jax.random.PRNGKey(config.seed))
   batch = synthetic_batch(config, trainer.mesh)
+  head = {'config_method': config.method, 'backbone': config.backbone.name, 'batch_size': config.batch_size,
+          'dtype': config.dtype}
+  return time_step(trainer.train_step, state, batch, config.batch_size, steps, head)
+
+
+def benchmark_backbone(name, image_size, batch_size, dtype, steps=5):
+  """Forward + backward (train mode, a mean-of-features loss) of one backbone on one global batch."""
+  import optax
+  from jssl.methods.base import DTYPES
+  from jssl.models import build_backbone
+  mesh = sharding.make_mesh()
+  kwargs = {'img_size': image_size} if name.startswith(('vit', 'swin')) else {}
+  model = build_backbone(name, dtype=DTYPES[dtype], **kwargs)
+  images = jax.device_put(jnp.asarray(np.random.default_rng(0).normal(size=(batch_size, image_size, image_size, 3)),
+                                      jnp.float32), sharding.batch_sharding(mesh))
+  variables = jax.jit(model.init, static_argnames='train')(jax.random.key(0), images[:1], train=False)
+  variables = jax.device_put(variables, sharding.replicated(mesh))
+
+  def loss_fn(params, state, x):
+    out, new_state = model.apply({'params': params, **state}, x, train=True, mutable=list(state),
+                                 rngs={'dropout': jax.random.key(1)})
+    return jnp.mean(out[-1].astype(jnp.float32)), new_state
+
+  def step(variables, x):
+    params = variables['params']
+    state = {k: v for k, v in variables.items() if k != 'params'}
+    (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, state, x)
+    params = jax.tree.map(lambda p, g: p - 1e-3 * g, params, grads)  # keep the gradients live
+    return {'params': params, **new_state}, {'loss': loss, 'grad_norm': optax.global_norm(grads)}
+
+  head = {'backbone': name, 'image_size': image_size, 'batch_size': batch_size, 'dtype': dtype,
+          'params_m': round(sum(x.size for x in jax.tree.leaves(variables['params'])) / 1e6, 2)}
+  return time_step(jax.jit(step), variables, images, batch_size, steps, head)
+
+
+def time_step(step_fn, state, batch, batch_size, steps, head):
+  """Compile time, XLA cost/memory analysis and the median wall time of `steps` calls of step_fn."""
   t0 = time.perf_counter()
-  compiled = trainer.train_step.lower(state, batch).compile()
+  compiled = step_fn.lower(state, batch).compile()
   compile_s = time.perf_counter() - t0
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -68,10 +111,9 @@ def benchmark(config, steps=5):
   step_s = float(np.median(times))
   devices = jax.devices()
   result = {
-      'config_method': config.method, 'backbone': config.backbone.name, 'batch_size': config.batch_size,
-      'dtype': config.dtype, 'devices': len(devices), 'device_kind': devices[0].device_kind,
+      **head, 'devices': len(devices), 'device_kind': devices[0].device_kind,
       'compile_s': round(compile_s, 2), 'ms_per_step': round(step_s * 1e3, 1),
-      'img_per_s': round(config.batch_size / step_s, 1),
+      'img_per_s': round(batch_size / step_s, 1),
       # cost analysis is of the per-device program; the step does that on every device
       'gflops_per_step': round(flops * len(devices) / 1e9, 2),
       'achieved_tflops_per_device': round(flops / step_s / 1e12, 3),
@@ -93,12 +135,20 @@ def benchmark(config, steps=5):
 
 def main(argv):
   del argv
-  config = config_value(_CONFIG)
-  try:
-    check_config(config)
-  except ConfigError as e:
-    fail(str(e))
-  result = benchmark(config, _STEPS.value)
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  if _BACKBONE.value:
+    from jssl.models import BACKBONES
+    if _BACKBONE.value not in BACKBONES:
+      fail(f"--backbone: unknown backbone '{_BACKBONE.value}'; valid: {', '.join(sorted(BACKBONES))}")
+    result = benchmark_backbone(_BACKBONE.value, _IMAGE_SIZE.value, _BATCH_SIZE.value, _DTYPE.value, _STEPS.value)
+  else:
+    config = config_value(_CONFIG)
+    try:
+      check_config(config)
+    except ConfigError as e:
+      fail(str(e))
+    result = benchmark(config, _STEPS.value)
   for k, v in result.items():
     print(f'{k:28s} {v}')
   if _JSON.value:

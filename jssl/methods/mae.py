@@ -38,16 +38,17 @@ def pixel_targets(images, patch_size, norm_pix):
 
 
 class MAENet(nn.Module):
-  encoder: nn.Module
-  decoder: nn.Module
+  """Params are named as in MMSelfSup: `backbone` (the ViT encoder) and `neck` (the decoder)."""
+  backbone: nn.Module
+  neck: nn.Module
   feature: str = 'cls'
 
   def __call__(self, images, ids_keep, ids_restore, train: bool = True):
-    tokens = self.encoder(images, train=train, ids_keep=ids_keep)
-    return self.decoder(tokens, ids_restore, train=train)
+    tokens = self.backbone(images, train=train, ids_keep=ids_keep)
+    return self.neck(tokens, ids_restore, train=train)
 
   def features(self, images):
-    tokens = self.encoder(images, train=False)
+    tokens = self.backbone(images, train=False)
     return tokens[:, 0] if self.feature == 'cls' else tokens[:, 1:].mean(axis=1)
 
 
@@ -60,11 +61,12 @@ class Method:
     self.patch_size = config.backbone.kwargs.patch_size
     image_size = config.data.views[0]['size']
     self.num_patches = (image_size // self.patch_size) ** 2
-    encoder = build_backbone(config.backbone.name, dtype=dtype, **config.backbone.get('kwargs', {}))
+    kwargs = {'remat': config.get('remat', False), **config.backbone.get('kwargs', {})}
+    encoder = build_backbone(config.backbone.name, dtype=dtype, **kwargs)
     decoder = MAEDecoder(num_patches=self.num_patches, patch_size=self.patch_size,
                          decoder_embed_dim=m.decoder_embed_dim, decoder_depth=m.decoder_depth,
                          decoder_num_heads=m.decoder_num_heads, dtype=dtype, remat=config.get('remat', False))
-    self.net = MAENet(encoder=encoder, decoder=decoder, feature=m.get('feature', 'cls'))
+    self.net = MAENet(backbone=encoder, neck=decoder, feature=m.get('feature', 'cls'))
 
   def init(self, rng, batch):
     images = batch['views'][0]

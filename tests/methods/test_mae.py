@@ -70,5 +70,5 @@ def test_encoder_sees_only_visible_patches():
   params, _, _ = method.init(jax.random.key(0), {'views': (images,)})
   ids_keep, _, _ = random_masking(jax.random.key(1), 2, method.num_patches, 0.75)
   tokens = method.net.apply({'params': params}, images, train=False, ids_keep=ids_keep,
-                            method=lambda m, x, train, ids_keep: m.encoder(x, train=train, ids_keep=ids_keep))
+                            method=lambda m, x, train, ids_keep: m.backbone(x, train=train, ids_keep=ids_keep))
   assert tokens.shape == (2, 1 + 4, 192)  # cls + 25% of 16 patches, no mask tokens in the encoder
