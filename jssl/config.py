@@ -29,6 +29,8 @@ def base_config() -> ml_collections.ConfigDict:
       'resize': 256, 'crop': 224, 'interpolation': 'bilinear',
   })
   c.backbone = ml_collections.ConfigDict({'name': '', 'kwargs': ml_collections.ConfigDict()})
+  # start a fresh run from imported weights: a directory written by `python -m jssl.convert FILE DIR --backbone=…`
+  c.init = ml_collections.ConfigDict({'backbone': ''})
   c.model = ml_collections.ConfigDict()
   c.optimizer = ml_collections.ConfigDict()
   c.schedule = ml_collections.ConfigDict({'name': 'cosine', 'warmup_epochs': 0., 'warmup_start_factor': 1e-3,

@@ -44,6 +44,7 @@ def main(argv):
   if not _WORKDIR.value:
     fail('--workdir is required')
   from jssl.data.sources import DataNotFoundError
+  from jssl.convert.errors import ConversionError
   try:
     check_config(config)
     maybe_initialize_distributed()
@@ -59,7 +60,7 @@ def main(argv):
       state, step = checkpoint.restore_params(_WORKDIR.value, trainer.abstract_state)
       result = trainer.evaluate_knn(state)
       print(f'step {step} | kNN (k={config.eval.knn_k}) top-1 {result["top1"]:.2f} top-5 {result["top5"]:.2f}')
-  except (ConfigError, DataNotFoundError) as e:
+  except (ConfigError, DataNotFoundError, ConversionError) as e:
     fail(str(e))
   except ValueError as e:  # unknown registry names raised while building (backbone kwargs, augment ops, ...)
     if str(e).startswith('config.') or 'valid:' in str(e):

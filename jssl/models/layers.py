@@ -3,7 +3,7 @@
 Structure and parameter names follow timm's VisionTransformer so that
 checkpoints map one-to-one (qkv is a single Dense of 3*dim, proj, fc1/fc2).
 """
-from typing import Any, Optional
+from typing import Any, Optional, Tuple, Union
 
 import flax.linen as nn
 import jax
@@ -96,22 +96,69 @@ class LayerScale(nn.Module):
     return x * gamma.astype(x.dtype)
 
 
+def relative_position_index(window):
+  """BEiT's [1 + N, 1 + N] index into the relative position bias table.
+
+  Patch pairs index the (2h-1)(2w-1) relative offsets; the last 3 rows of the
+  table are cls->patch, patch->cls and cls->cls (timm Beit / mmpretrain BEiT).
+  """
+  h, w = window
+  num_relative = (2 * h - 1) * (2 * w - 1)
+  coords = np.stack(np.meshgrid(np.arange(h), np.arange(w), indexing='ij'))
+  coords = coords.reshape(2, -1)
+  rel = (coords[:, :, None] - coords[:, None, :]).transpose(1, 2, 0)
+  rel[:, :, 0] += h - 1
+  rel[:, :, 1] += w - 1
+  rel[:, :, 0] *= 2 * w - 1
+  index = np.zeros((h * w + 1, h * w + 1), dtype=np.int64)
+  index[1:, 1:] = rel.sum(-1)
+  index[0, :] = num_relative
+  index[:, 0] = num_relative + 1
+  index[0, 0] = num_relative + 2
+  return index
+
+
 class Attention(nn.Module):
-  """Multi-head self-attention with a fused qkv projection."""
+  """Multi-head self-attention with a fused qkv projection.
+
+  qkv_bias: True (one bias on qkv), False (none) or 'qv' (BEiT: separate
+  q_bias and v_bias params, no key bias). rel_pos_window (h, w): adds a
+  learned per-head relative position bias (BEiT/CAE) over [cls] + h*w tokens.
+  """
   num_heads: int = 8
-  qkv_bias: bool = True
+  qkv_bias: Union[bool, str] = True
+  rel_pos_window: Optional[Tuple[int, int]] = None
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
+    if self.qkv_bias not in (True, False, 'qv'):
+      raise ValueError(f"qkv_bias must be True, False or 'qv', "
+                       f'got {self.qkv_bias!r}')
     b, t, dim = x.shape
     head_dim = dim // self.num_heads
-    qkv = nn.Dense(3 * dim, use_bias=self.qkv_bias, kernel_init=dense_init,
-                   dtype=self.dtype, name='qkv')(x)
+    qkv = nn.Dense(3 * dim, use_bias=self.qkv_bias not in (False, 'qv'),
+                   kernel_init=dense_init, dtype=self.dtype, name='qkv')(x)
+    if self.qkv_bias == 'qv':
+      q_bias = self.param('q_bias', nn.initializers.zeros, (dim,))
+      v_bias = self.param('v_bias', nn.initializers.zeros, (dim,))
+      bias = jnp.concatenate([q_bias, jnp.zeros_like(q_bias), v_bias])
+      qkv = qkv + bias.astype(qkv.dtype)
     # timm splits the 3*dim axis as (3, heads, head_dim).
     qkv = qkv.reshape(b, t, 3, self.num_heads, head_dim)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    x = jax.nn.dot_product_attention(q, k, v)  # [B, T, N, H]
+    bias = None
+    if self.rel_pos_window is not None:
+      h, w = self.rel_pos_window
+      if t != h * w + 1:
+        raise ValueError(f'relative position bias is built for 1 + {h}x{w} '
+                         f'tokens, got {t} tokens')
+      table = self.param('relative_position_bias_table',
+                         nn.initializers.truncated_normal(0.02),
+                         ((2 * h - 1) * (2 * w - 1) + 3, self.num_heads))
+      bias = table[relative_position_index(self.rel_pos_window)]  # [T, T, N]
+      bias = bias.transpose(2, 0, 1)[None].astype(q.dtype)
+    x = jax.nn.dot_product_attention(q, k, v, bias=bias)  # [B, T, N, H]
     x = x.reshape(b, t, dim)
     return nn.Dense(dim, kernel_init=dense_init, dtype=self.dtype,
                     name='proj')(x)
@@ -137,9 +184,10 @@ class Block(nn.Module):
   """Pre-norm transformer block: x + attn(norm1(x)); x + mlp(norm2(x))."""
   num_heads: int
   mlp_ratio: float = 4.0
-  qkv_bias: bool = True
+  qkv_bias: Union[bool, str] = True
   drop_path: float = 0.0
   layer_scale_init: Optional[float] = None
+  rel_pos_window: Optional[Tuple[int, int]] = None
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -148,8 +196,8 @@ class Block(nn.Module):
     norm = lambda name: nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name=name)
     drop_path = DropPath(self.drop_path)
 
-    y = Attention(self.num_heads, self.qkv_bias, dtype=self.dtype,
-                  name='attn')(norm('norm1')(x))
+    y = Attention(self.num_heads, self.qkv_bias, self.rel_pos_window,
+                  dtype=self.dtype, name='attn')(norm('norm1')(x))
     if self.layer_scale_init is not None:
       y = LayerScale(self.layer_scale_init, name='ls1')(y)
     x = x + drop_path(y, deterministic=not train)

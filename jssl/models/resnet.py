@@ -1,14 +1,17 @@
-"""ResNet backbone matching torchvision (v1.5: stride on the 3x3 conv).
+"""ResNet / ResNeXt / ResNetV1d backbones matching torchvision and mmpretrain.
 
-Param names mirror torchvision so checkpoints map directly: conv1, bn1,
-layer{s}_{b}/{conv1,bn1,...,downsample_conv,downsample_bn}. Output index 0 is
-the stem (conv1/bn1/relu, before the max-pool) and 1..4 are the stages, as in
+v1.5 everywhere: the stride sits on the 3x3 conv. Param names mirror
+torchvision so checkpoints map directly: conv1, bn1,
+layer{s}_{b}/{conv1,bn1,...,downsample_conv,downsample_bn}; the V1d deep stem
+is stem_{i}_conv / stem_{i}_bn (i = 0, 1, 2). Output index 0 is the stem
+(after its last ReLU, before the max-pool) and 1..4 are the stages, as in
 mmselfsup's ResNet ("0: conv-1, x: stage-x").
 """
 import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 Dtype = Any
@@ -25,11 +28,30 @@ def batch_norm(train, dtype, name, zero_init=False):
       name=name)
 
 
-def conv(features, kernel, stride, dtype, name):
+def conv(features, kernel, stride, dtype, name, groups=1):
   pad = kernel // 2  # torch-style symmetric padding
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((pad, pad), (pad, pad)), use_bias=False,
-                 kernel_init=conv_init, dtype=dtype, name=name)
+                 feature_group_count=groups, kernel_init=conv_init,
+                 dtype=dtype, name=name)
+
+
+def shortcut(x, features, stride, avg_down, train, dtype):
+  """Projection shortcut; ResNet-D average-pools first so that the strided
+  1x1 conv does not drop 3/4 of the activations.
+
+  avg_down follows mmpretrain: AvgPool(stride, ceil_mode=True,
+  count_include_pad=False) then a stride-1 1x1 conv.
+  """
+  if avg_down and stride != 1:
+    # ceil_mode: pad the bottom/right up to a multiple of the stride, and
+    # average only over real pixels in the partial windows.
+    pad_h, pad_w = (-x.shape[1]) % stride, (-x.shape[2]) % stride
+    x = nn.avg_pool(x, (stride, stride), strides=(stride, stride),
+                    padding=((0, pad_h), (0, pad_w)), count_include_pad=False)
+    stride = 1
+  x = conv(features, 1, stride, dtype, 'downsample_conv')(x)
+  return batch_norm(train, dtype, 'downsample_bn')(x)
 
 
 class BasicBlock(nn.Module):
@@ -37,53 +59,80 @@ class BasicBlock(nn.Module):
   features: int
   stride: int = 1
   zero_init_residual: bool = False
+  groups: int = 1
+  width_per_group: int = 64
+  avg_down: bool = False
   dtype: Dtype = jnp.float32
   expansion = 1
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    if self.groups != 1 or self.width_per_group != 64:
+      raise ValueError('BasicBlock supports only groups=1, width_per_group=64 '
+                       f'(got groups={self.groups}, '
+                       f'width_per_group={self.width_per_group})')
     out_features = self.features * self.expansion
     y = conv(self.features, 3, self.stride, self.dtype, 'conv1')(x)
     y = nn.relu(batch_norm(train, self.dtype, 'bn1')(y))
     y = conv(self.features, 3, 1, self.dtype, 'conv2')(y)
     y = batch_norm(train, self.dtype, 'bn2', self.zero_init_residual)(y)
     if self.stride != 1 or x.shape[-1] != out_features:
-      x = conv(out_features, 1, self.stride, self.dtype, 'downsample_conv')(x)
-      x = batch_norm(train, self.dtype, 'downsample_bn')(x)
+      x = shortcut(x, out_features, self.stride, self.avg_down, train,
+                   self.dtype)
     return nn.relu(x + y)
 
 
 class Bottleneck(nn.Module):
-  """1x1 reduce, 3x3 (strided), 1x1 expand x4; used by ResNet-50/101/152."""
+  """1x1 reduce, 3x3 (strided, grouped for ResNeXt), 1x1 expand x4.
+
+  Used by ResNet-50/101/152 and ResNeXt; the inner width is torchvision's
+  int(features * width_per_group / 64) * groups.
+  """
   features: int
   stride: int = 1
   zero_init_residual: bool = False
+  groups: int = 1
+  width_per_group: int = 64
+  avg_down: bool = False
   dtype: Dtype = jnp.float32
   expansion = 4
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     out_features = self.features * self.expansion
-    y = conv(self.features, 1, 1, self.dtype, 'conv1')(x)
+    width = int(self.features * (self.width_per_group / 64.)) * self.groups
+    y = conv(width, 1, 1, self.dtype, 'conv1')(x)
     y = nn.relu(batch_norm(train, self.dtype, 'bn1')(y))
-    y = conv(self.features, 3, self.stride, self.dtype, 'conv2')(y)
+    y = conv(width, 3, self.stride, self.dtype, 'conv2', self.groups)(y)
     y = nn.relu(batch_norm(train, self.dtype, 'bn2')(y))
     y = conv(out_features, 1, 1, self.dtype, 'conv3')(y)
     y = batch_norm(train, self.dtype, 'bn3', self.zero_init_residual)(y)
     if self.stride != 1 or x.shape[-1] != out_features:
-      x = conv(out_features, 1, self.stride, self.dtype, 'downsample_conv')(x)
-      x = batch_norm(train, self.dtype, 'downsample_bn')(x)
+      x = shortcut(x, out_features, self.stride, self.avg_down, train,
+                   self.dtype)
     return nn.relu(x + y)
 
 
 class ResNet(nn.Module):
-  """ResNet trunk without avgpool/fc; returns a tuple of NHWC feature maps."""
+  """ResNet trunk without avgpool/fc; returns a tuple of NHWC feature maps.
+
+  frozen_stages: -1 freezes nothing, 0 the stem, k the stem and stages 1..k
+  (no gradient flows into them and their BN always uses running statistics,
+  as mmpretrain's requires_grad=False + eval()). norm_eval: every BN uses its
+  running statistics, also when train=True.
+  """
   stage_sizes: Sequence[int]
   block_cls: Callable
   num_filters: int = 64
   in_channels: int = 3
   zero_init_residual: bool = False
   out_indices: Sequence[int] = (4,)
+  groups: int = 1
+  width_per_group: int = 64
+  deep_stem: bool = False
+  avg_down: bool = False
+  frozen_stages: int = -1
+  norm_eval: bool = False
   dtype: Dtype = jnp.float32
 
   @property
@@ -101,9 +150,26 @@ class ResNet(nn.Module):
     if not all(0 <= i < num_outputs for i in self.out_indices):
       raise ValueError(f'out_indices {self.out_indices} must be in '
                        f'[0, {num_outputs - 1}]')
+    if not -1 <= self.frozen_stages < num_outputs:
+      raise ValueError(f'frozen_stages {self.frozen_stages} must be in '
+                       f'[-1, {num_outputs - 1}]')
+    # BN of stage i (0 = stem) normalises with batch statistics only when
+    # training, not norm_eval and not frozen.
+    bn_train = lambda i: train and not self.norm_eval and i > self.frozen_stages
+    freeze = lambda x, i: (jax.lax.stop_gradient(x) if i <= self.frozen_stages
+                           else x)
+
     x = x.astype(self.dtype)
-    x = conv(self.num_filters, 7, 2, self.dtype, 'conv1')(x)
-    x = nn.relu(batch_norm(train, self.dtype, 'bn1')(x))
+    if self.deep_stem:
+      # ResNetV1d: three 3x3 convs (c/2 stride 2, c/2, c) replace the 7x7.
+      widths = (self.num_filters // 2, self.num_filters // 2, self.num_filters)
+      for i, width in enumerate(widths):
+        x = conv(width, 3, 2 if i == 0 else 1, self.dtype, f'stem_{i}_conv')(x)
+        x = nn.relu(batch_norm(bn_train(0), self.dtype, f'stem_{i}_bn')(x))
+    else:
+      x = conv(self.num_filters, 7, 2, self.dtype, 'conv1')(x)
+      x = nn.relu(batch_norm(bn_train(0), self.dtype, 'bn1')(x))
+    x = freeze(x, 0)
     outs = {0: x}
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for i, num_blocks in enumerate(self.stage_sizes):
@@ -111,7 +177,11 @@ class ResNet(nn.Module):
         stride = 2 if i > 0 and j == 0 else 1
         x = self.block_cls(self.num_filters * 2**i, stride=stride,
                            zero_init_residual=self.zero_init_residual,
-                           dtype=self.dtype, name=f'layer{i + 1}_{j}')(x, train)
+                           groups=self.groups,
+                           width_per_group=self.width_per_group,
+                           avg_down=self.avg_down, dtype=self.dtype,
+                           name=f'layer{i + 1}_{j}')(x, bn_train(i + 1))
+      x = freeze(x, i + 1)
       outs[i + 1] = x
     return tuple(outs[i] for i in sorted(self.out_indices))
 
@@ -126,3 +196,11 @@ ResNet101 = functools.partial(ResNet, stage_sizes=(3, 4, 23, 3),
                               block_cls=Bottleneck)
 ResNet152 = functools.partial(ResNet, stage_sizes=(3, 8, 36, 3),
                               block_cls=Bottleneck)
+ResNeXt50_32x4d = functools.partial(ResNet50, groups=32, width_per_group=4)
+ResNeXt101_32x8d = functools.partial(ResNet101, groups=32, width_per_group=8)
+# mmpretrain's ResNetV1d = ResNet(deep_stem=True, avg_down=True).
+ResNet18V1d = functools.partial(ResNet18, deep_stem=True, avg_down=True)
+ResNet34V1d = functools.partial(ResNet34, deep_stem=True, avg_down=True)
+ResNet50V1d = functools.partial(ResNet50, deep_stem=True, avg_down=True)
+ResNet101V1d = functools.partial(ResNet101, deep_stem=True, avg_down=True)
+ResNet152V1d = functools.partial(ResNet152, deep_stem=True, avg_down=True)

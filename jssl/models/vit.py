@@ -1,9 +1,11 @@
 """Vision Transformer backbone, timm-compatible parameter structure.
 
-Params: patch_embed/proj, cls_token, pos_embed (learned only), blocks_{i},
-norm. The sin-cos position embedding is a fixed constant, not a param.
+Params: patch_embed/proj, cls_token, pos_embed (learned only), blocks_{i}
+(norm1, attn/{qkv, proj, q_bias, v_bias, relative_position_bias_table},
+norm2, mlp/{fc1, fc2}, ls1/ls2 gamma), norm or fc_norm. The sin-cos position
+embedding is a fixed constant, not a param.
 """
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import flax.linen as nn
 import jax
@@ -28,11 +30,19 @@ def resize_pos_embed(pos_embed, old_grid, new_grid):
 
 
 class VisionTransformer(nn.Module):
-  """ViT encoder returning the (normed) token sequence [B, 1 + N, D].
+  """ViT encoder; by default returns the (normed) token sequence [B, 1 + N, D].
 
   `ids_keep` [B, N_keep] selects patch tokens after the position embedding is
   added and before the cls token is prepended; MAE uses it to encode only the
   visible patches.
+
+  output: 'tokens' [B, 1 + N, D] | 'cls' [B, D] | 'patch' [B, N, D] (all after
+  the final norm) | 'mean' [B, D], the mean of the patch tokens; with
+  use_fc_norm=True that mean goes through `fc_norm` and the final `norm` is
+  dropped (timm global_pool='avg', fc_norm=True; MAE fine-tuning).
+  rel_pos_bias: a BEiT relative position bias in every block (usually with
+  pos_embed='none'). frozen_patch_embed: MoCo v3's stop-gradient after the
+  patch projection, so it is never trained. qkv_bias: True | False | 'qv'.
   """
   img_size: int = 224
   patch_size: int = 16
@@ -40,13 +50,17 @@ class VisionTransformer(nn.Module):
   depth: int = 12
   num_heads: int = 12
   mlp_ratio: float = 4.0
-  qkv_bias: bool = True
-  pos_embed: str = 'learned'  # 'learned' | 'sincos'
+  qkv_bias: Union[bool, str] = True
+  pos_embed: str = 'learned'  # 'learned' | 'sincos' | 'none'
   drop_path_rate: float = 0.0
   layer_scale_init: Optional[float] = None
   dtype: Dtype = jnp.float32
   final_norm: bool = True
   remat: bool = False
+  output: str = 'tokens'  # 'tokens' | 'cls' | 'mean' | 'patch'
+  use_fc_norm: bool = False
+  rel_pos_bias: bool = False
+  frozen_patch_embed: bool = False
 
   @property
   def feature_dim(self):
@@ -58,8 +72,19 @@ class VisionTransformer(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False, ids_keep=None):
+    if self.output not in ('tokens', 'cls', 'mean', 'patch'):
+      raise ValueError(f"unknown output '{self.output}'; "
+                       'valid: tokens, cls, mean, patch')
+    if self.use_fc_norm and self.output != 'mean':
+      raise ValueError("use_fc_norm=True needs output='mean', "
+                       f"got output='{self.output}'")
+    if self.rel_pos_bias and ids_keep is not None:
+      raise ValueError('rel_pos_bias does not support ids_keep (the bias is '
+                       'defined over the full patch grid)')
     x, grid = PatchEmbed(self.patch_size, self.embed_dim, dtype=self.dtype,
                          name='patch_embed')(x)
+    if self.frozen_patch_embed:
+      x = jax.lax.stop_gradient(x)
     b = x.shape[0]
 
     num_pos = 1 + self.grid_size**2
@@ -70,10 +95,13 @@ class VisionTransformer(nn.Module):
     elif self.pos_embed == 'sincos':
       pos_embed = jnp.asarray(get_2d_sincos_pos_embed(
           self.embed_dim, self.grid_size, cls_token=True))[None]
+    elif self.pos_embed == 'none':
+      pos_embed = jnp.zeros((1, 1 + grid[0] * grid[1], self.embed_dim))
     else:
       raise ValueError(f"unknown pos_embed '{self.pos_embed}'; "
-                       "valid: learned, sincos")
-    pos_embed = resize_pos_embed(pos_embed, (self.grid_size,) * 2, grid)
+                       "valid: learned, sincos, none")
+    if self.pos_embed != 'none':
+      pos_embed = resize_pos_embed(pos_embed, (self.grid_size,) * 2, grid)
     pos_embed = pos_embed.astype(self.dtype)
 
     x = x + pos_embed[:, 1:]
@@ -89,12 +117,23 @@ class VisionTransformer(nn.Module):
     # `train` is positional arg 2 (after self, x) and must stay static.
     block_cls = nn.remat(Block, static_argnums=(2,)) if self.remat else Block
     drop_path_rates = np.linspace(0.0, self.drop_path_rate, self.depth)
+    rel_pos_window = (self.grid_size,) * 2 if self.rel_pos_bias else None
     for i in range(self.depth):
       x = block_cls(self.num_heads, self.mlp_ratio, self.qkv_bias,
                     drop_path=float(drop_path_rates[i]),
-                    layer_scale_init=self.layer_scale_init, dtype=self.dtype,
+                    layer_scale_init=self.layer_scale_init,
+                    rel_pos_window=rel_pos_window, dtype=self.dtype,
                     name=f'blocks_{i}')(x, train)
 
+    norm = lambda name: nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name=name)
+    if self.use_fc_norm:
+      return norm('fc_norm')(x[:, 1:].mean(axis=1))
     if self.final_norm:
-      x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='norm')(x)
+      x = norm('norm')(x)
+    if self.output == 'cls':
+      return x[:, 0]
+    if self.output == 'mean':
+      return x[:, 1:].mean(axis=1)
+    if self.output == 'patch':
+      return x[:, 1:]
     return x

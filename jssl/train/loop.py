@@ -110,6 +110,16 @@ class Trainer:
                               self.config.batch_size, seed=self.config.seed, shuffle=True,
                               worker_count=d.workers)
 
+  def load_backbone(self, state, path):
+    """`state` with its backbone replaced by an imported one (config.init.backbone)."""
+    from jssl import convert
+    name, kwargs, variables = convert.load_imported_backbone(path)
+    if name != self.config.backbone.name:
+      raise ValueError(f"config.init.backbone: {path} holds a '{name}' backbone but config.backbone.name is "
+                       f"'{self.config.backbone.name}'; valid: {name}")
+    print(f'backbone initialized from {path}', flush=True)
+    return convert.replace_backbone(state, variables)
+
   # --- evaluation -------------------------------------------------------------------------------------------
   def evaluate_knn(self, state):
     """Weighted kNN top-1/top-5 of the backbone's features, train split as memory, val split as queries."""
@@ -144,6 +154,8 @@ class Trainer:
       print(f'resumed from step {step} ({manager.directory})', flush=True)
     else:
       state = self.init_state(jax.random.PRNGKey(config.seed))
+      if config.init.get('backbone'):
+        state = self.load_backbone(state, config.init.backbone)
     writer = _summary_writer(workdir) if is_main else None
     step = int(state.step)
     accum = config.optimizer.get('grad_accum_steps', 1)

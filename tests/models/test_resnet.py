@@ -158,7 +158,100 @@ def test_init_and_zero_init_residual():
 
 
 def test_unknown_backbone():
+  # The message lists every registered name, sorted.
   with pytest.raises(ValueError, match="unknown backbone 'resnet99'; valid: "
-                     'resnet101, resnet152, resnet18, resnet34, resnet50, '
-                     'vit_base, vit_large, vit_small, vit_tiny'):
+                     r'.*resnet101, resnet101_v1d, resnet152, .*'
+                     r'resnext50_32x4d, .*vit_huge, vit_large'):
     build_backbone('resnet99')
+
+
+def random_variables(model, size=32, seed=0):
+  """Random weights + non-trivial BN stats from shapes only (no init)."""
+  template = jax.eval_shape(model.init, jax.random.key(0),
+                            jnp.zeros((1, size, size, 3)))
+  rng = np.random.RandomState(seed)
+
+  def leaf(path, s):
+    name = path[-1].key
+    value = {'kernel': lambda: rng.randn(*s.shape) * np.sqrt(
+                 2 / np.prod(s.shape[:-1])),
+             'scale': lambda: 1 + 0.2 * rng.randn(*s.shape),
+             'var': lambda: 0.5 + rng.rand(*s.shape)}.get(
+                 name, lambda: 0.2 * rng.randn(*s.shape))()
+    return jnp.asarray(value, jnp.float32)
+  return jax.tree_util.tree_map_with_path(leaf, template)
+
+
+def train_step(model, variables, x):
+  """(grads, new batch_stats, outputs) of one train-mode forward/backward."""
+  def loss(params):
+    outs, state = model.apply({'params': params,
+                               'batch_stats': variables['batch_stats']},
+                              x, train=True, mutable=['batch_stats'])
+    return sum(jnp.sum(o**2) for o in outs), (state['batch_stats'], outs)
+  grads, (stats, outs) = jax.jit(jax.grad(loss, has_aux=True))(
+      variables['params'])
+  return grads, stats, outs
+
+
+def nonzero(tree):
+  return any(np.any(np.asarray(l)) for l in jax.tree.leaves(tree))
+
+
+def changed(a, b):
+  return not all(np.array_equal(x, y) for x, y in
+                 zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+# One block per stage keeps compilation short.
+TINY = dict(stage_sizes=(1, 1, 1, 1), block_cls=BasicBlock, out_indices=(0, 4))
+
+
+def test_frozen_stages():
+  model = ResNet(**TINY, frozen_stages=1)
+  variables = random_variables(model)
+  x = jnp.asarray(np.random.RandomState(0).randn(4, 32, 32, 3), jnp.float32)
+  grads, stats, _ = train_step(model, variables, x)
+  old = variables['batch_stats']
+  for name in ('conv1', 'bn1', 'layer1_0'):
+    assert not nonzero(grads[name]), name  # no gradient into frozen parts
+  for name in ('bn1', 'layer1_0'):
+    assert not changed(stats[name], old[name]), name  # BN in eval mode
+  for name in ('layer2_0', 'layer3_0', 'layer4_0'):
+    assert nonzero(grads[name]) and changed(stats[name], old[name]), name
+  with pytest.raises(ValueError, match=r'frozen_stages 5 must be in \[-1, 4\]'):
+    jax.eval_shape(build_backbone('resnet18', frozen_stages=5).init,
+                   jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+
+
+def test_norm_eval():
+  model = ResNet(**TINY, norm_eval=True)
+  variables = random_variables(model)
+  x = jnp.asarray(np.random.RandomState(0).randn(4, 32, 32, 3), jnp.float32)
+  grads, stats, outs = train_step(model, variables, x)
+  assert not changed(stats, variables['batch_stats'])
+  for out, expected in zip(outs, jax.jit(model.apply)(variables, x)):
+    assert_close(out, expected, rtol=1e-5)  # train == eval outputs
+  assert nonzero(grads['conv1']) and nonzero(grads['layer1_0'])
+
+
+def test_resnext_and_v1d_structure():
+  model = build_backbone('resnext50_32x4d')
+  shapes = jax.tree.map(lambda s: s.shape, jax.eval_shape(
+      model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params'])
+  # torchvision: width = int(64 * 4 / 64) * 32 = 128, grouped 3x3.
+  assert shapes['layer1_0']['conv2']['kernel'] == (3, 3, 4, 128)
+  assert shapes['layer4_0']['conv3']['kernel'] == (1, 1, 1024, 2048)
+  assert build_backbone('resnext101_32x8d').width_per_group == 8
+
+  model = build_backbone('resnet50_v1d', out_indices=(0, 1))
+  out, variables = jax.eval_shape(lambda x: model.init_with_output(
+      jax.random.key(0), x), jnp.zeros((1, 64, 64, 3)))
+  params = variables['params']
+  assert 'conv1' not in params
+  assert [params[f'stem_{i}_conv']['kernel'].shape for i in range(3)] == [
+      (3, 3, 3, 32), (3, 3, 32, 32), (3, 3, 32, 64)]
+  assert out[0].shape == (1, 32, 32, 64)  # stem, before the max-pool
+  with pytest.raises(ValueError, match='BasicBlock supports only groups=1'):
+    jax.eval_shape(build_backbone('resnet18', groups=2).init,
+                   jax.random.key(0), jnp.zeros((1, 32, 32, 3)))

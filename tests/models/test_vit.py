@@ -196,3 +196,89 @@ def test_registry_and_bfloat16():
       jax.random.key(0), x), jnp.zeros((2, 32, 32, 3)))
   assert out.shape == (2, 17, 192) and out.dtype == jnp.bfloat16
   assert all(l.dtype == jnp.float32 for l in jax.tree.leaves(variables))
+
+
+def test_output_modes_match_timm():
+  torch_model = make_timm()
+  variables = timm_to_flax(torch_model)
+  x, x_nhwc = random_images()
+  with torch.no_grad():
+    tokens = torch_model.forward_features(torch.from_numpy(x)).numpy()
+  expected = {'tokens': tokens, 'cls': tokens[:, 0], 'patch': tokens[:, 1:],
+              'mean': tokens[:, 1:].mean(1)}
+  for output, exp in expected.items():
+    out = jax.jit(VisionTransformer(**CONFIG, output=output).apply)(
+        variables, x_nhwc)
+    assert out.shape == exp.shape, output
+    assert_close(out, exp)
+  with pytest.raises(ValueError, match="unknown output 'avg'"):
+    jax.eval_shape(VisionTransformer(**CONFIG, output='avg').apply,
+                   variables, x_nhwc)
+  with pytest.raises(ValueError, match="use_fc_norm=True needs output='mean'"):
+    jax.eval_shape(VisionTransformer(**CONFIG, use_fc_norm=True).apply,
+                   variables, x_nhwc)
+
+
+def test_fc_norm_matches_timm_global_pool_avg():
+  torch_model = make_timm(global_pool='avg', fc_norm=True)
+  variables = timm_to_flax(torch_model)
+  assert 'norm' not in variables['params']  # timm: norm is Identity
+  model = VisionTransformer(**CONFIG, output='mean', use_fc_norm=True)
+  x, x_nhwc = random_images()
+  assert_same_structure(model, variables, x_nhwc)
+  with torch.no_grad():
+    expected = torch_model.forward_head(
+        torch_model.forward_features(torch.from_numpy(x)),
+        pre_logits=True).numpy()
+  out = jax.jit(model.apply)(variables, x_nhwc)
+  assert out.shape == (2, 64)
+  assert_close(out, expected)
+
+
+def test_frozen_patch_embed_gets_no_gradient():
+  variables = timm_to_flax(make_timm())
+  x = random_images()[1]
+  for frozen in (False, True):
+    model = VisionTransformer(**CONFIG, frozen_patch_embed=frozen)
+    grads = jax.jit(jax.grad(lambda v: jnp.sum(model.apply(v, x)**2)))(
+        variables)['params']
+    assert np.any(grads['patch_embed']['proj']['kernel']) != frozen
+    assert np.any(grads['pos_embed']) and np.any(grads['blocks_0']['attn'][
+        'qkv']['kernel'])
+
+
+def test_rel_pos_bias_and_no_pos_embed_structure():
+  model = VisionTransformer(**CONFIG, rel_pos_bias=True, pos_embed='none',
+                            qkv_bias='qv')
+  x = jnp.zeros((1, 32, 32, 3))
+  params = jax.eval_shape(model.init, jax.random.key(0), x)['params']
+  assert 'pos_embed' not in params
+  attn = params['blocks_1']['attn']
+  assert attn['relative_position_bias_table'].shape == (7 * 7 + 3, 4)
+  assert attn['q_bias'].shape == attn['v_bias'].shape == (64,)
+  assert 'bias' not in attn['qkv']
+  with pytest.raises(ValueError, match='rel_pos_bias does not support '
+                     'ids_keep'):
+    jax.eval_shape(model.init, jax.random.key(0), x,
+                   ids_keep=jnp.zeros((1, 4), jnp.int32))
+  with pytest.raises(ValueError, match="qkv_bias must be True, False or 'qv'"):
+    jax.eval_shape(VisionTransformer(**CONFIG, qkv_bias='k').init,
+                   jax.random.key(0), x)
+
+
+def test_relative_position_index_matches_timm():
+  from timm.models.beit import gen_relative_position_index
+  from jssl.models.layers import relative_position_index
+  for window in ((4, 4), (3, 5)):
+    np.testing.assert_array_equal(
+        relative_position_index(window),
+        gen_relative_position_index(window).numpy())
+
+
+def test_vit_huge_registry():
+  model = build_backbone('vit_huge')
+  assert (model.patch_size, model.embed_dim, model.depth, model.num_heads) == (
+      14, 1280, 32, 16)
+  out = jax.eval_shape(lambda x: model.init_with_output(
+      jax.random.key(0), x)[0], jnp.zeros((1, 224, 224, 3)))
+  assert out.shape == (1, 257, 1280)

@@ -1,0 +1,273 @@
+"""Swin Transformer backbone, timm-compatible parameter structure.
+
+Params: patch_embed/{proj,norm}, [absolute_pos_embed], layers_{i}/
+{downsample/{norm,reduction} (i > 0), blocks_{j}/{norm1, attn/
+{relative_position_bias_table, qkv, proj}, norm2, mlp/{fc1,fc2}}}, and one
+LayerNorm per out index: `norm` for the last stage (timm's final norm),
+`norm{i}` for an earlier stage i (mmpretrain's name; timm has no such norm).
+
+As in timm, patch merging sits at the start of stage i > 0 and concatenates
+each 2x2 neighbourhood as [x(0,0), x(1,0), x(0,1), x(1,1)] ((row, col)
+offsets), i.e. the original Swin order. Window size and shift of each stage
+follow from `img_size`: a stage whose map is no larger than the window uses
+the whole map as one window and does not shift.
+"""
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jssl.models.layers import DropPath, Mlp
+
+Dtype = Any
+
+# timm initialises every Linear and the bias tables with trunc_normal(.02).
+dense_init = nn.initializers.truncated_normal(0.02)
+
+
+def relative_position_index(window):
+  """[W*W, W*W] index into the ((2W-1)^2, heads) table (timm's layout)."""
+  coords = np.stack(np.meshgrid(np.arange(window), np.arange(window),
+                                indexing='ij')).reshape(2, -1)
+  rel = coords[:, :, None] - coords[:, None, :] + (window - 1)
+  return rel[0] * (2 * window - 1) + rel[1]
+
+
+def window_partition(x, window):
+  """[B, H, W, C] -> [B * nW, window * window, C], windows row-major."""
+  b, h, w, c = x.shape
+  x = x.reshape(b, h // window, window, w // window, window, c)
+  return x.transpose(0, 1, 3, 2, 4, 5).reshape(-1, window * window, c)
+
+
+def window_reverse(windows, window, h, w):
+  """Inverse of window_partition back to [B, h, w, C]."""
+  c = windows.shape[-1]
+  x = windows.reshape(-1, h // window, w // window, window, window, c)
+  return x.transpose(0, 1, 3, 2, 4, 5).reshape(-1, h, w, c)
+
+
+def shifted_window_mask(h, w, window, shift):
+  """[nW, N, N] additive mask: -100 between tokens from different regions.
+
+  After the cyclic shift a window can hold tokens from up to 4 regions of the
+  (padded) map that are not neighbours; timm labels the 3x3 regions and masks
+  pairs with different labels by -100 (not -inf).
+  """
+  img_mask = np.zeros((1, h, w, 1), np.float32)
+  slices = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
+  label = 0
+  for hs in slices:
+    for ws in slices:
+      img_mask[:, hs, ws, :] = label
+      label += 1
+  labels = window_partition(img_mask, window)[..., 0]  # [nW, N]
+  diff = labels[:, None, :] - labels[:, :, None]
+  return np.where(diff != 0, -100.0, 0.0).astype(np.float32)
+
+
+def stage_window(resolution, window_size):
+  """(window, shift) of a stage: maps <= window are one unshifted window."""
+  if resolution <= window_size:
+    return resolution, 0
+  return window_size, window_size // 2
+
+
+class PatchEmbed(nn.Module):
+  """Conv patchify (kernel = stride = patch_size) then LayerNorm; NHWC out."""
+  patch_size: int = 4
+  embed_dim: int = 96
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    p = self.patch_size
+    x = nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding='VALID',
+                dtype=self.dtype, name='proj')(x)
+    return nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name='norm')(x)
+
+
+class PatchMerging(nn.Module):
+  """2x2 neighbourhood -> 4C channels -> LayerNorm -> Linear(4C, 2C)."""
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    b, h, w, c = x.shape
+    x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
+    h, w = h + h % 2, w + w % 2
+    # (row offset, col offset) -> channel block col * 2 + row, as timm.
+    x = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 4, 2, 5)
+    x = x.reshape(b, h // 2, w // 2, 4 * c)
+    x = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name='norm')(x)
+    return nn.Dense(2 * c, use_bias=False, kernel_init=dense_init,
+                    dtype=self.dtype, name='reduction')(x)
+
+
+class WindowAttention(nn.Module):
+  """Multi-head attention inside windows with a relative position bias."""
+  num_heads: int
+  window: int
+  qkv_bias: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, mask=None):
+    """x: [B * nW, N, C] windows; mask: [nW, N, N] additive or None."""
+    bw, n, dim = x.shape
+    head_dim = dim // self.num_heads
+    table = self.param('relative_position_bias_table', dense_init,
+                       ((2 * self.window - 1)**2, self.num_heads))
+    index = relative_position_index(self.window).reshape(-1)
+    bias = table[index].reshape(n, n, self.num_heads).transpose(2, 0, 1)
+    bias = bias[None]  # [1, heads, N, N]
+    if mask is not None:
+      num_windows = mask.shape[0]
+      mask = jnp.tile(jnp.asarray(mask)[:, None], (bw // num_windows, 1, 1, 1))
+      bias = bias + mask  # [B * nW, heads, N, N]
+
+    qkv = nn.Dense(3 * dim, use_bias=self.qkv_bias, kernel_init=dense_init,
+                   dtype=self.dtype, name='qkv')(x)
+    # timm splits the 3*dim axis as (3, heads, head_dim).
+    qkv = qkv.reshape(bw, n, 3, self.num_heads, head_dim)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    x = jax.nn.dot_product_attention(q, k, v, bias=bias.astype(q.dtype))
+    x = x.reshape(bw, n, dim)
+    return nn.Dense(dim, kernel_init=dense_init, dtype=self.dtype,
+                    name='proj')(x)
+
+
+class SwinBlock(nn.Module):
+  """x + attn(norm1(x)) over (shifted) windows; x + mlp(norm2(x)). NHWC."""
+  num_heads: int
+  window: int
+  shift: int = 0
+  mlp_ratio: float = 4.0
+  qkv_bias: bool = True
+  drop_path: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    b, h, w, dim = x.shape
+    window, shift = self.window, self.shift
+    norm = lambda name: nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name=name)
+    drop_path = DropPath(self.drop_path)
+
+    # Like timm: cyclic shift first, then pad up to whole windows.
+    y = norm('norm1')(x)
+    if shift:
+      y = jnp.roll(y, (-shift, -shift), axis=(1, 2))
+    pad_h, pad_w = -h % window, -w % window
+    y = jnp.pad(y, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
+    hp, wp = h + pad_h, w + pad_w
+    mask = shifted_window_mask(hp, wp, window, shift) if shift else None
+    y = WindowAttention(self.num_heads, window, self.qkv_bias,
+                        dtype=self.dtype, name='attn')(
+                            window_partition(y, window), mask)
+    y = window_reverse(y, window, hp, wp)[:, :h, :w]
+    if shift:
+      y = jnp.roll(y, (shift, shift), axis=(1, 2))
+    x = x + drop_path(y, deterministic=not train)
+
+    y = Mlp(int(dim * self.mlp_ratio), dtype=self.dtype,
+            name='mlp')(norm('norm2')(x))
+    return x + drop_path(y, deterministic=not train)
+
+
+class SwinStage(nn.Module):
+  """Optional patch merging, then blocks alternating W-MSA and SW-MSA."""
+  depth: int
+  num_heads: int
+  window: int
+  shift: int
+  downsample: bool
+  drop_paths: Sequence[float]
+  mlp_ratio: float = 4.0
+  qkv_bias: bool = True
+  dtype: Dtype = jnp.float32
+  remat: bool = False
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    if self.downsample:
+      x = PatchMerging(dtype=self.dtype, name='downsample')(x)
+    # `train` is positional arg 2 (after self, x) and must stay static.
+    block_cls = nn.remat(SwinBlock, static_argnums=(2,)) if self.remat else (
+        SwinBlock)
+    for j in range(self.depth):
+      x = block_cls(self.num_heads, self.window,
+                    shift=0 if j % 2 == 0 else self.shift,
+                    mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias,
+                    drop_path=float(self.drop_paths[j]), dtype=self.dtype,
+                    name=f'blocks_{j}')(x, train)
+    return x
+
+
+class SwinTransformer(nn.Module):
+  """Swin encoder returning a tuple of NHWC stage maps for `out_indices`.
+
+  Stage i has embed_dim * 2**i channels at stride patch_size * 2**i. The
+  output of stage i is normed by `norm` (last stage) or `norm{i}`.
+  """
+  img_size: int = 224
+  patch_size: int = 4
+  embed_dim: int = 96
+  depths: Sequence[int] = (2, 2, 6, 2)
+  num_heads: Sequence[int] = (3, 6, 12, 24)
+  window_size: int = 7
+  mlp_ratio: float = 4.0
+  qkv_bias: bool = True
+  drop_path_rate: float = 0.1
+  out_indices: Sequence[int] = (3,)
+  dtype: Dtype = jnp.float32
+  remat: bool = False
+  use_abs_pos_embed: bool = False
+
+  @property
+  def feature_dim(self):
+    return self.embed_dim * 2**(len(self.depths) - 1)
+
+  def stage_windows(self):
+    """[(window, shift)] per stage, from the map sizes at `img_size`."""
+    grid = self.img_size // self.patch_size
+    resolutions = [-(-grid // 2**i) for i in range(len(self.depths))]
+    return [stage_window(r, self.window_size) for r in resolutions]
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    num_stages = len(self.depths)
+    if not all(0 <= i < num_stages for i in self.out_indices):
+      raise ValueError(f'out_indices {self.out_indices} must be in '
+                       f'[0, {num_stages - 1}]')
+    x = x.astype(self.dtype)
+    x = PatchEmbed(self.patch_size, self.embed_dim, dtype=self.dtype,
+                   name='patch_embed')(x)
+    if self.use_abs_pos_embed:
+      grid = self.img_size // self.patch_size
+      pos_embed = self.param('absolute_pos_embed',
+                             nn.initializers.truncated_normal(0.02),
+                             (1, grid * grid, self.embed_dim))
+      if x.shape[1:3] != (grid, grid):
+        raise ValueError(f'absolute_pos_embed is for a {grid}x{grid} grid, '
+                         f'got input of shape {x.shape}')
+      x = x + pos_embed.reshape(1, grid, grid, -1).astype(self.dtype)
+
+    drop_path_rates = np.linspace(0.0, self.drop_path_rate, sum(self.depths))
+    outs = []
+    for i, (window, shift) in enumerate(self.stage_windows()):
+      start = sum(self.depths[:i])
+      x = SwinStage(self.depths[i], self.num_heads[i], window, shift,
+                    downsample=i > 0,
+                    drop_paths=tuple(drop_path_rates[start:start +
+                                                     self.depths[i]]),
+                    mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias,
+                    dtype=self.dtype, remat=self.remat,
+                    name=f'layers_{i}')(x, train)
+      if i in self.out_indices:
+        name = 'norm' if i == num_stages - 1 else f'norm{i}'
+        outs.append(nn.LayerNorm(epsilon=1e-5, dtype=self.dtype,
+                                 name=name)(x))
+    return tuple(outs)

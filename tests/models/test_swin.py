@@ -1,0 +1,152 @@
+"""SwinTransformer vs timm with copied weights, plus dtype/remat/drop path."""
+import pytest
+
+torch = pytest.importorskip('torch')
+timm = pytest.importorskip('timm')
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jssl.convert import swin as swin_convert
+from jssl.models import build_backbone
+from jssl.models.swin import SwinTransformer, shifted_window_mask
+
+# 32 px / patch 4 = 8x8 -> 4x4: stage 0 has 4 windows and shifts (masked),
+# stage 1's map equals the window, so it is one window without shift.
+SMALL = dict(img_size=32, embed_dim=32, depths=(2, 2), num_heads=(2, 4),
+             window_size=4)
+# SimMIM's window 6: 48 px -> 12x12 -> 6x6.
+WINDOW6 = dict(img_size=48, embed_dim=32, depths=(2, 2), num_heads=(2, 4),
+               window_size=6)
+# 40 px -> 10x10 (padded to 12 for window 4) -> 5x5 (padded) -> 3x3 (window
+# shrinks to 3): timm's padding and shrinking rules.
+PADDED = dict(img_size=40, embed_dim=32, depths=(2, 2, 2), num_heads=(2, 4, 4),
+              window_size=4)
+
+
+def make_timm(config):
+  """Small timm Swin with every parameter randomised (biases, LN too)."""
+  torch.manual_seed(0)
+  model = timm.models.swin_transformer.SwinTransformer(**config, num_classes=0)
+  with torch.no_grad():
+    for p in model.parameters():
+      p.add_(0.1 * torch.randn_like(p))
+  return model.eval()
+
+
+def load_timm(model, torch_model):
+  """jssl variables from a timm model through the key map (no jit'd init)."""
+  x = jnp.zeros((1, model.img_size, model.img_size, 3))
+  template = jax.eval_shape(model.init, jax.random.key(0), x)
+  state_dict = {k: v.numpy() for k, v in torch_model.state_dict().items()}
+  return swin_convert.from_torch(state_dict, 'timm', template, {'name': 'swin'})
+
+
+def random_images(batch=2, size=32, seed=0):
+  x = np.random.RandomState(seed).randn(batch, 3, size, size).astype(np.float32)
+  return x, jnp.asarray(x.transpose(0, 2, 3, 1))
+
+
+def assert_close(actual, expected, rtol=1e-4):
+  expected = np.asarray(expected)
+  err = np.max(np.abs(np.asarray(actual, np.float32) - expected))
+  assert err <= rtol * np.max(np.abs(expected)), (err, np.abs(expected).max())
+
+
+@pytest.mark.parametrize('config', [SMALL, WINDOW6, PADDED],
+                         ids=['shift_and_small_map', 'window6', 'padded'])
+def test_matches_timm(config):
+  torch_model = make_timm(config)
+  last = len(config['depths']) - 1
+  model = SwinTransformer(**config, out_indices=(last,))
+  variables = load_timm(model, torch_model)
+  x, x_nhwc = random_images(size=config['img_size'])
+  with torch.no_grad():
+    expected = torch_model.forward_features(torch.from_numpy(x)).numpy()
+  (out,) = jax.jit(model.apply)(variables, x_nhwc)
+  assert out.shape == expected.shape
+  assert_close(out, expected)
+  # Same (window, shift) per stage as timm's blocks.
+  timm_windows = [(s.blocks[1].window_size[0], s.blocks[1].shift_size[0])
+                  for s in torch_model.layers]
+  assert model.stage_windows() == timm_windows
+
+
+def test_stage_windows_follow_timm_rules():
+  assert SwinTransformer(**SMALL).stage_windows() == [(4, 2), (4, 0)]
+  assert SwinTransformer(**PADDED).stage_windows() == [(4, 2), (4, 2), (3, 0)]
+  # Swin-T at 224: 56, 28, 14, 7 with window 7; SimMIM Swin-B at 192: 48..6.
+  assert SwinTransformer().stage_windows() == [(7, 3)] * 3 + [(7, 0)]
+  assert SwinTransformer(img_size=192, window_size=6).stage_windows() == (
+      [(6, 3)] * 3 + [(6, 0)])
+
+
+def test_mask_matches_timm():
+  block = timm.models.swin_transformer.SwinTransformerBlock(
+      dim=8, input_resolution=(8, 8), num_heads=2, window_size=4, shift_size=2)
+  np.testing.assert_array_equal(shifted_window_mask(8, 8, 4, 2),
+                                block.attn_mask.numpy())
+
+
+def test_out_indices_and_feature_dim():
+  model = SwinTransformer(**SMALL, out_indices=(0, 1))
+  assert model.feature_dim == 64
+  x = jnp.zeros((2, 32, 32, 3))
+  shapes = jax.eval_shape(model.init, jax.random.key(0), x)
+  assert {'norm0', 'norm'} <= set(shapes['params'])
+  outs = jax.eval_shape(model.apply, shapes, x)
+  assert [o.shape for o in outs] == [(2, 8, 8, 32), (2, 4, 4, 64)]
+  with pytest.raises(ValueError, match='out_indices'):
+    SwinTransformer(**SMALL, out_indices=(3,)).init(jax.random.key(0), x)
+
+
+def test_registry_and_simmim_swin_base_shapes():
+  tiny = build_backbone('swin_tiny')
+  assert (tiny.embed_dim, tiny.depths, tiny.num_heads) == (
+      96, (2, 2, 6, 2), (3, 6, 12, 24))
+  assert tiny.feature_dim == 768
+  assert build_backbone('swin_small').depths == (2, 2, 18, 2)
+  assert build_backbone('swin_large').feature_dim == 1536
+  base = build_backbone('swin_base', img_size=192, window_size=6)
+  assert base.feature_dim == 1024
+  x = jnp.zeros((1, 192, 192, 3))
+  shapes = jax.eval_shape(base.init, jax.random.key(0), x)
+  table = shapes['params']['layers_0']['blocks_0']['attn'][
+      'relative_position_bias_table']
+  assert table.shape == (121, 4)
+  (out,) = jax.eval_shape(base.apply, shapes, x)
+  assert out.shape == (1, 6, 6, 1024)
+
+
+def test_remat_and_bf16():
+  torch_model = make_timm(SMALL)
+  model = SwinTransformer(**SMALL, out_indices=(1,))
+  variables = load_timm(model, torch_model)
+  _, x = random_images()
+  (expected,) = jax.jit(model.apply)(variables, x)
+
+  remat = SwinTransformer(**SMALL, out_indices=(1,), remat=True)
+  (out,) = jax.jit(remat.apply)(variables, x)
+  assert_close(out, expected, rtol=1e-6)
+
+  bf16 = SwinTransformer(**SMALL, out_indices=(1,), dtype=jnp.bfloat16)
+  (out,) = jax.jit(bf16.apply)(variables, x)
+  assert out.dtype == jnp.bfloat16
+  assert_close(out, expected, rtol=0.1)
+
+
+def test_drop_path_only_in_train():
+  torch_model = make_timm(SMALL)
+  model = SwinTransformer(**SMALL, out_indices=(1,), drop_path_rate=0.5)
+  variables = load_timm(model, torch_model)
+  x_nchw, x = random_images()
+  with torch.no_grad():  # eval: drop path is the identity, as in timm
+    expected = torch_model.forward_features(torch.from_numpy(x_nchw)).numpy()
+  (out,) = jax.jit(model.apply)(variables, x)
+  assert_close(out, expected)
+  train = jax.jit(lambda v, key: model.apply(v, x, train=True,
+                                             rngs={'dropout': key}))
+  (train_a,), (train_b,) = train(variables, jax.random.key(1)), train(
+      variables, jax.random.key(2))
+  assert np.abs(np.asarray(train_a) - np.asarray(train_b)).max() > 1e-3
