@@ -20,7 +20,7 @@ def assert_one_line_error(proc, *needles):
 @pytest.mark.parametrize('args,needles', [
     (['--config.optimizer.lrr=1'], ["'config.optimizer.lrr'", 'valid fields of config.optimizer', 'lr,']),
     (['--config.batch_size=abc'], ['--config.batch_size=abc']),
-    (['--config.method=simclrr'], ["config.method: unknown value 'simclrr'", 'mae, simclr']),
+    (['--config.method=simclrr'], ["config.method: unknown value 'simclrr'", 'valid:', 'mae', 'simclr']),
     (['--config.backbone.name=resnet9'], ["config.backbone.name: unknown value 'resnet9'", 'resnet18']),
     (['--config.optimizer.name=adam'], ["config.optimizer.name: unknown value 'adam'", 'adamw, lars, sgd']),
     (['--config.data.name=imagenett'], ["config.data.name: unknown value 'imagenett'", 'imagefolder']),

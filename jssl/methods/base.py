@@ -2,6 +2,7 @@
 
 A method is a small object around Flax modules (see ../shared/design.md):
 
+    Method(config, total_steps)                                      # total_steps: for in-method schedules
     init(rng, batch) -> (params, model_state, method_state)
     loss(params, model_state, method_state, batch, rng, step) -> (loss, (metrics, model_state, method_state))
     after_step(params, method_state, step) -> method_state          # EMA targets, queues, memory banks
@@ -37,7 +38,8 @@ def compute_dtype(config):
   return DTYPES[config.dtype]
 
 
-def build_method(config) -> Method:
+def build_method(config, total_steps: int = 0) -> Method:
+  """`total_steps` (micro-steps of the whole run) feeds schedules inside a method, e.g. BYOL's momentum."""
   if config.method not in METHODS:
     raise ValueError(f"config.method: unknown method '{config.method}'; valid: {', '.join(sorted(METHODS))}")
-  return importlib.import_module(METHODS[config.method]).Method(config)
+  return importlib.import_module(METHODS[config.method]).Method(config, total_steps=total_steps)

@@ -53,7 +53,8 @@ class MAENet(nn.Module):
 
 
 class Method:
-  def __init__(self, config):
+  def __init__(self, config, total_steps=0):
+    del total_steps  # no schedule inside the method
     dtype = compute_dtype(config)
     m = config.model
     self.mask_ratio = m.mask_ratio

@@ -25,7 +25,8 @@ class SimCLRNet(nn.Module):
 
 
 class Method:
-  def __init__(self, config):
+  def __init__(self, config, total_steps=0):
+    del total_steps  # no schedule inside the method
     dtype = compute_dtype(config)
     m = config.model
     self.temperature = m.temperature

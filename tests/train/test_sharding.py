@@ -13,19 +13,18 @@ import jax, jax.numpy as jnp, numpy as np
 from jssl.data.loader import to_global
 from jssl.train.loop import Trainer
 
-method = sys.argv[1]
-if method == 'simclr':
-  from configs.simclr import get_config
-  c = get_config('demo')
-  c.backbone.kwargs.num_filters = 8
-  c.model.neck_hid_channels = 32
-  c.model.neck_out_channels = 16
-else:
-  from configs.mae import get_config
-  c = get_config('demo')
-  c.backbone.kwargs.update({'depth': 2, 'img_size': 16})
-  c.data.views[0]['size'] = 16
-  c.model.update({'decoder_embed_dim': 32, 'decoder_depth': 1, 'decoder_num_heads': 2})
+config_path, overrides = sys.argv[1], json.loads(sys.argv[2])
+from jssl.config import load_config_file
+c = load_config_file(config_path)
+for key, value in overrides.items():  # dotted keys into the ConfigDict
+  node = c
+  for k in key.split('.')[:-1]:
+    node = node[k] if not isinstance(node, list) else node[int(k)]
+  last = key.split('.')[-1]
+  if isinstance(node, list):
+    node[int(last)] = value
+  else:
+    node[last] = value
 c.batch_size = 16
 rng = np.random.default_rng(0)
 views = tuple(rng.integers(0, 256, (16, v['size'], v['size'], 3), dtype=np.uint8)
@@ -52,10 +51,21 @@ print('RESULT' + json.dumps(out))
 '''
 
 
+# config, overrides that make it small. One entry per method.
+CASES = {
+    'simclr': ('configs/simclr.py:demo', {'backbone.kwargs.num_filters': 8, 'model.neck_hid_channels': 32,
+                                          'model.neck_out_channels': 16}),
+    'mae': ('configs/mae.py:demo', {'backbone.kwargs.depth': 2, 'backbone.kwargs.img_size': 16,
+                                    'data.views.0.size': 16, 'model.decoder_embed_dim': 32,
+                                    'model.decoder_depth': 1, 'model.decoder_num_heads': 2}),
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize('method', ['simclr', 'mae'])
+@pytest.mark.parametrize('method', sorted(CASES))
 def test_eight_devices_and_fsdp_match_one_device(method):
-  proc = run_python(['-c', SCRIPT, method], devices=8)
+  config_path, overrides = CASES[method]
+  proc = run_python(['-c', SCRIPT, config_path, json.dumps(overrides)], devices=8)
   out = json.loads(proc.stdout.split('RESULT', 1)[1])
   ref = out['one']
   for name in ('dp8', 'fsdp'):
