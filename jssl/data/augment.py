@@ -58,6 +58,11 @@ def adjust_saturation(img, factor):
 def _rgb_to_hsv(img):
   """torchvision's _rgb2hsv (after Pillow's Convert.c); returns h, s, v each [H, W]."""
   r, g, b = img[..., 0], img[..., 1], img[..., 2]
+  # The hue sector comes from the index of the max channel, not from float equality `maxc == r`: XLA may
+  # compute `img` twice in different fusions (e.g. once per device layout), and an equality between two
+  # roundings of the same value can fail, which picked the wrong sector on some pixels when sharded.
+  # argmax breaks ties towards the first channel: torchvision's priority r, then g, then b.
+  max_channel = jnp.argmax(img, axis=-1)
   maxc = jnp.max(img, axis=-1)
   minc = jnp.min(img, axis=-1)
   # Where maxc == minc, S and H are 0; replace the denominators by 1 so no NaN is formed (also under grad).
@@ -68,10 +73,8 @@ def _rgb_to_hsv(img):
   rc = (maxc - r) / chroma_divisor
   gc = (maxc - g) / chroma_divisor
   bc = (maxc - b) / chroma_divisor
-  hr = jnp.where(maxc == r, bc - gc, 0.0)
-  hg = jnp.where((maxc == g) & (maxc != r), 2.0 + rc - bc, 0.0)
-  hb = jnp.where((maxc != g) & (maxc != r), 4.0 + gc - rc, 0.0)
-  h = jnp.fmod((hr + hg + hb) / 6.0 + 1.0, 1.0)
+  h = jnp.where(max_channel == 0, bc - gc, jnp.where(max_channel == 1, 2.0 + rc - bc, 4.0 + gc - rc))
+  h = jnp.fmod(h / 6.0 + 1.0, 1.0)
   return h, s, maxc
 
 
@@ -162,7 +165,8 @@ def _jitter_one(img, order, blend_factors, hue_factor, use_hue):
   of one per position.
   """
   hue_position = jnp.argmax(order == _HUE)
-  blend_order = order[jnp.argsort(order == _HUE, stable=True)[:3]]  # order without hue
+  # `order` without hue; unique sort keys (hue last) so the result cannot depend on sort stability
+  blend_order = order[jnp.argsort(jnp.where(order == _HUE, 4, jnp.arange(4)))[:3]]
 
   def blends(img, before_hue):
     for position in range(3):
