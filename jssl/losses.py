@@ -28,3 +28,21 @@ def masked_mse(pred, target, mask):
   """Mean over masked positions (mask == 1) of the per-position mean squared error (MAE's loss)."""
   per_position = jnp.mean(jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32)), axis=-1)
   return jnp.sum(per_position * mask) / jnp.maximum(jnp.sum(mask), 1.)
+
+
+def cross_correlation_loss(z1, z2, lambd, eps=1e-5):
+  """Barlow Twins' redundancy reduction: sum_i (1 - C_ii)^2 + lambd * sum_{i != j} C_ij^2.
+
+  C = bn(z1).T @ bn(z2) / N with bn = BatchNorm1d(affine=False) in train mode (per-dimension mean and biased
+  variance over the batch, eps 1e-5), N the global batch: the paper's SyncBN + all-reduce of C. (MMSelfSup's
+  LatentCrossCorrelationHead normalizes with a per-GPU BatchNorm1d before the all-reduce; global is the paper's.)
+  """
+  def bn(z):
+    z = z.astype(jnp.float32)
+    mean = z.mean(axis=0)
+    return (z - mean) / jnp.sqrt(jnp.mean(jnp.square(z - mean), axis=0) + eps)
+
+  c = bn(z1).T @ bn(z2) / z1.shape[0]
+  on_diag = jnp.sum(jnp.square(jnp.diagonal(c) - 1.))
+  off_diag = jnp.sum(jnp.square(jnp.where(jnp.eye(c.shape[0], dtype=bool), 0., c)))
+  return on_diag + lambd * off_diag

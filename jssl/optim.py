@@ -2,13 +2,16 @@
 
 The recipes of the reference (MMSelfSup) translate as:
 - LARS (SimCLR, BYOL, Barlow Twins): `optax.lars`; parameters with ndim <= 1 (BatchNorm scale/bias, biases) are
-  excluded from both weight decay and the trust-ratio adaptation (MMSelfSup's `lars_exclude` + `decay_mult=0`).
+  excluded from both weight decay and the trust-ratio adaptation (MMSelfSup's `lars_exclude` + `decay_mult=0`);
+  `excluded_lr_mult` scales their learning rate (MMSelfSup's `lr_mult` on the same keys).
   optax applies the learning rate before the momentum trace and takes the trust ratio of (g + wd * w);
   MMSelfSup's LARS applies lr after momentum and uses |g| + wd |w|. Identical for a constant lr, and the
   standard JAX formulation otherwise.
 - AdamW (MAE, MoCo v3, ...): `optax.adamw` with a weight-decay mask (no decay for norms, biases and the names in
   `no_decay_names`, e.g. pos_embed / cls_token / mask_token as in MAE).
 - SGD with momentum: `optax.sgd` + masked `add_decayed_weights` (coupled L2, like torch.optim.SGD).
+- `fixed_lr_names`: parameters under these keys get the same optimizer at the constant base lr (SimSiam's
+  predictor, MMSelfSup's `fix_lr` + SimSiamHook), via `optax.multi_transform`.
 Schedules are linear warmup from `lr * warmup_start_factor` followed by cosine annealing to `min_lr` (or constant).
 """
 import flax.traverse_util
@@ -52,19 +55,33 @@ def build_optimizer(opt_cfg, schedule, params):
   """optax GradientTransformation for `config.optimizer` (clipping and accumulation included)."""
   name = opt_cfg.name
   mask = decay_mask(params, tuple(opt_cfg.get('no_decay_names', ())), opt_cfg.get('exclude_1d_from_decay', True))
-  if name == 'lars':
-    tx = optax.lars(schedule, weight_decay=opt_cfg.weight_decay, weight_decay_mask=mask, trust_ratio_mask=mask,
-                    momentum=opt_cfg.momentum, trust_coefficient=opt_cfg.get('trust_coefficient', 0.001),
-                    eps=opt_cfg.get('eps', 1e-8), nesterov=opt_cfg.get('nesterov', False))
-  elif name == 'adamw':
-    b1, b2 = opt_cfg.betas
-    tx = optax.adamw(schedule, b1=b1, b2=b2, eps=opt_cfg.get('eps', 1e-8), weight_decay=opt_cfg.weight_decay,
-                     mask=mask)
-  elif name == 'sgd':
-    tx = optax.chain(optax.add_decayed_weights(opt_cfg.weight_decay, mask),
-                     optax.sgd(schedule, momentum=opt_cfg.momentum or None, nesterov=opt_cfg.get('nesterov', False)))
+
+  def make(lr):  # the optimizer with learning rate `lr` (a schedule or a number)
+    if name == 'lars':
+      tx = optax.lars(lr, weight_decay=opt_cfg.weight_decay, weight_decay_mask=mask, trust_ratio_mask=mask,
+                      momentum=opt_cfg.momentum, trust_coefficient=opt_cfg.get('trust_coefficient', 0.001),
+                      eps=opt_cfg.get('eps', 1e-8), nesterov=opt_cfg.get('nesterov', False))
+    elif name == 'adamw':
+      b1, b2 = opt_cfg.betas
+      tx = optax.adamw(lr, b1=b1, b2=b2, eps=opt_cfg.get('eps', 1e-8), weight_decay=opt_cfg.weight_decay,
+                       mask=mask)
+    elif name == 'sgd':
+      tx = optax.chain(optax.add_decayed_weights(opt_cfg.weight_decay, mask),
+                       optax.sgd(lr, momentum=opt_cfg.momentum or None, nesterov=opt_cfg.get('nesterov', False)))
+    else:
+      raise ValueError(f"config.optimizer.name: unknown optimizer '{name}'; valid: {', '.join(OPTIMIZERS)}")
+    return tx
+
+  fixed_lr = tuple(opt_cfg.get('fixed_lr_names', ()))
+  if fixed_lr:  # e.g. SimSiam's predictor: the same optimizer at the constant base lr (MMSelfSup's SimSiamHook)
+    labels = jax.tree_util.tree_map_with_path(
+        lambda p, _: 'fixed' if any(getattr(k, 'key', None) in fixed_lr for k in p) else 'scheduled', params)
+    tx = optax.multi_transform({'scheduled': make(schedule), 'fixed': make(opt_cfg.lr)}, labels)
   else:
-    raise ValueError(f"config.optimizer.name: unknown optimizer '{name}'; valid: {', '.join(OPTIMIZERS)}")
+    tx = make(schedule)
+  excluded_lr_mult = opt_cfg.get('excluded_lr_mult', 1.)
+  if excluded_lr_mult != 1.:  # e.g. Barlow Twins: BN and biases (the decay-excluded params) at lr x 0.024
+    tx = optax.chain(tx, optax.masked(optax.scale(excluded_lr_mult), jax.tree.map(lambda m: not m, mask)))
   frozen = tuple(opt_cfg.get('frozen_names', ()))
   if frozen:  # e.g. MoCo v3's patch embedding: no update at all
     labels = jax.tree_util.tree_map_with_path(

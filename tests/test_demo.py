@@ -10,7 +10,7 @@ SHORT = ['--config.total_steps=12', '--config.log_every=4', '--config.checkpoint
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('config', ['configs/simclr.py:demo', 'configs/mae.py:demo'])
+@pytest.mark.parametrize('config', ['configs/simclr.py:demo', 'configs/mae.py:demo', 'configs/barlowtwins.py:demo'])
 def test_demo_writes_everything(tmp_path, config):
   proc = run_python(['-m', 'jssl.main', f'--config={config}', f'--workdir={tmp_path}', *SHORT])
   lines = [l for l in proc.stdout.splitlines() if l.startswith('step ')]

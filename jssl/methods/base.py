@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 # name -> module under jssl.methods defining `Method`. Imported lazily so a method's deps load only when used.
 METHODS = {
+    'barlowtwins': 'jssl.methods.barlowtwins',
     'simclr': 'jssl.methods.simclr',
     'mae': 'jssl.methods.mae',
 }

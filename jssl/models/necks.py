@@ -26,6 +26,7 @@ class NonLinearNeck(nn.Module):
   with_last_bn_affine: bool = True
   with_last_bias: bool = False
   with_avg_pool: bool = True
+  kernel_init: Any = nn.linear.default_kernel_init  # e.g. Barlow Twins' Kaiming uniform (fan_out)
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -35,9 +36,10 @@ class NonLinearNeck(nn.Module):
     bn = lambda name, affine=True: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                                                 use_scale=affine, use_bias=affine, dtype=self.dtype, name=name)
     for i in range(self.num_layers - 1):
-      x = nn.Dense(self.hid_channels, use_bias=self.with_bias, dtype=self.dtype, name=f'fc{i}')(x)
+      x = nn.Dense(self.hid_channels, use_bias=self.with_bias, kernel_init=self.kernel_init, dtype=self.dtype,
+                   name=f'fc{i}')(x)
       x = nn.relu(bn(f'bn{i}')(x))
-    x = nn.Dense(self.out_channels, use_bias=self.with_last_bias, dtype=self.dtype,
+    x = nn.Dense(self.out_channels, use_bias=self.with_last_bias, kernel_init=self.kernel_init, dtype=self.dtype,
                  name=f'fc{self.num_layers - 1}')(x)
     if self.with_last_bn:
       x = bn(f'bn{self.num_layers - 1}', self.with_last_bn_affine)(x)

@@ -53,6 +53,8 @@ print('RESULT' + json.dumps(out))
 
 # config, overrides that make it small. One entry per method.
 CASES = {
+    'barlowtwins': ('configs/barlowtwins.py:demo', {'backbone.kwargs.num_filters': 8, 'model.neck_hid_channels': 32,
+                                                    'model.neck_out_channels': 32, 'data.views.0.size': 16}),
     'simclr': ('configs/simclr.py:demo', {'backbone.kwargs.num_filters': 8, 'model.neck_hid_channels': 32,
                                           'model.neck_out_channels': 16}),
     'mae': ('configs/mae.py:demo', {'backbone.kwargs.depth': 2, 'backbone.kwargs.img_size': 16,

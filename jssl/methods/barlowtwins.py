@@ -1,0 +1,60 @@
+"""Barlow Twins (Zbontar et al. 2021): two augmented views through one encoder + 3-layer projector; the
+cross-correlation matrix of the batch-normalized projections is pushed towards the identity (invariance on the
+diagonal, redundancy reduction off it). No negatives, no predictor, no momentum target.
+
+As in the reference (and the paper's code), each view goes through the network in its own forward pass, so the
+BatchNorm statistics of backbone and projector are per view, over the global batch (SyncBN). The loss normalizes
+each embedding dimension over the global batch and averages the correlation over all N samples.
+"""
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jssl import losses
+from jssl.methods.base import compute_dtype
+from jssl.models import build_backbone
+from jssl.models.necks import NonLinearNeck, global_avg_pool
+
+
+class BarlowTwinsNet(nn.Module):
+  backbone: nn.Module
+  neck: nn.Module
+
+  def __call__(self, images, train: bool = True):
+    return self.neck(self.backbone(images, train=train)[-1], train=train)
+
+  def features(self, images):
+    return global_avg_pool(self.backbone(images, train=False)[-1])
+
+
+class Method:
+  def __init__(self, config, total_steps=0):
+    del total_steps  # no schedule inside the method
+    dtype = compute_dtype(config)
+    m = config.model
+    self.lambd = m.lambd
+    self.net = BarlowTwinsNet(
+        backbone=build_backbone(config.backbone.name, dtype=dtype, **config.backbone.get('kwargs', {})),
+        # MMSelfSup: fc without bias, BN + ReLU between, no BN after the last fc; Kaiming-uniform fcs
+        neck=NonLinearNeck(hid_channels=m.neck_hid_channels, out_channels=m.neck_out_channels,
+                           num_layers=m.neck_num_layers, with_last_bn=False,
+                           kernel_init=nn.initializers.variance_scaling(2.0, 'fan_out', 'uniform'), dtype=dtype))
+
+  def init(self, rng, batch):
+    variables = self.net.init(rng, batch['views'][0], train=False)
+    params = variables.pop('params')
+    return params, dict(variables), {}
+
+  def loss(self, params, model_state, method_state, batch, rng, step):
+    v1, v2 = batch['views'][:2]
+    apply = lambda state, images: self.net.apply({'params': params, **state}, images, train=True,
+                                                 mutable=list(state))
+    z1, model_state_1 = apply(model_state, v1)
+    z2, new_model_state = apply(dict(model_state_1), v2)  # running BN stats see view 1, then view 2
+    loss = losses.cross_correlation_loss(z1, z2, self.lambd)
+    return loss, ({'loss': loss}, dict(new_model_state), method_state)
+
+  def after_step(self, params, method_state, step):
+    return method_state
+
+  def extract(self, params, model_state, images):
+    return self.net.apply({'params': params, **model_state}, images, method=BarlowTwinsNet.features)
