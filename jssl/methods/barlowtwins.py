@@ -10,20 +10,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jssl import losses
-from jssl.methods.base import compute_dtype
+from jssl.methods.base import BackboneNeck, compute_dtype
 from jssl.models import build_backbone
-from jssl.models.necks import NonLinearNeck, global_avg_pool
-
-
-class BarlowTwinsNet(nn.Module):
-  backbone: nn.Module
-  neck: nn.Module
-
-  def __call__(self, images, train: bool = True):
-    return self.neck(self.backbone(images, train=train)[-1], train=train)
-
-  def features(self, images):
-    return global_avg_pool(self.backbone(images, train=False)[-1])
+from jssl.models.necks import NonLinearNeck
 
 
 class Method:
@@ -32,7 +21,7 @@ class Method:
     dtype = compute_dtype(config)
     m = config.model
     self.lambd = m.lambd
-    self.net = BarlowTwinsNet(
+    self.net = BackboneNeck(
         backbone=build_backbone(config.backbone.name, dtype=dtype, **config.backbone.get('kwargs', {})),
         # MMSelfSup: fc without bias, BN + ReLU between, no BN after the last fc; Kaiming-uniform fcs
         neck=NonLinearNeck(hid_channels=m.neck_hid_channels, out_channels=m.neck_out_channels,
@@ -57,4 +46,4 @@ class Method:
     return method_state
 
   def extract(self, params, model_state, images):
-    return self.net.apply({'params': params, **model_state}, images, method=BarlowTwinsNet.features)
+    return self.net.apply({'params': params, **model_state}, images, method=BackboneNeck.features)

@@ -14,7 +14,10 @@ A method is a small object around Flax modules (see ../shared/design.md):
 import importlib
 from typing import Any, Protocol
 
+import flax.linen as nn
 import jax.numpy as jnp
+
+from jssl.models.necks import global_avg_pool
 
 # name -> module under jssl.methods defining `Method`. Imported lazily so a method's deps load only when used.
 METHODS = {
@@ -31,6 +34,19 @@ class Method(Protocol):
   def loss(self, params, model_state, method_state, batch, rng, step) -> Any: ...
   def after_step(self, params, method_state, step) -> Any: ...
   def extract(self, params, model_state, images) -> Any: ...
+
+
+class BackboneNeck(nn.Module):
+  """backbone -> neck (projector) on the last backbone output; `features` is the global-average-pooled last
+  backbone stage, what kNN / linear evaluation / export use. Params: {'backbone': ..., 'neck': ...}."""
+  backbone: nn.Module
+  neck: nn.Module
+
+  def __call__(self, images, train: bool = True):
+    return self.neck(self.backbone(images, train=train)[-1], train=train)
+
+  def features(self, images):
+    return global_avg_pool(self.backbone(images, train=False)[-1])
 
 
 def compute_dtype(config):

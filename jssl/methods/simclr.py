@@ -3,25 +3,12 @@
 The backbone sees both views in one batch, so BatchNorm statistics span both views and every device (SyncBN);
 the loss over the global batch gives every sample 2N - 2 negatives drawn from all devices.
 """
-import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from jssl import losses
-from jssl.methods.base import compute_dtype
+from jssl.methods.base import BackboneNeck, compute_dtype
 from jssl.models import build_backbone
-from jssl.models.necks import NonLinearNeck, global_avg_pool
-
-
-class SimCLRNet(nn.Module):
-  backbone: nn.Module
-  neck: nn.Module
-
-  def __call__(self, images, train: bool = True):
-    return self.neck(self.backbone(images, train=train)[-1], train=train)
-
-  def features(self, images):
-    return global_avg_pool(self.backbone(images, train=False)[-1])
+from jssl.models.necks import NonLinearNeck
 
 
 class Method:
@@ -30,7 +17,7 @@ class Method:
     dtype = compute_dtype(config)
     m = config.model
     self.temperature = m.temperature
-    self.net = SimCLRNet(
+    self.net = BackboneNeck(
         backbone=build_backbone(config.backbone.name, dtype=dtype, **config.backbone.get('kwargs', {})),
         neck=NonLinearNeck(hid_channels=m.neck_hid_channels, out_channels=m.neck_out_channels,
                            num_layers=m.neck_num_layers, dtype=dtype))
@@ -52,4 +39,4 @@ class Method:
     return method_state
 
   def extract(self, params, model_state, images):
-    return self.net.apply({'params': params, **model_state}, images, method=SimCLRNet.features)
+    return self.net.apply({'params': params, **model_state}, images, method=BackboneNeck.features)
