@@ -46,3 +46,32 @@ def cross_correlation_loss(z1, z2, lambd, eps=1e-5):
   on_diag = jnp.sum(jnp.square(jnp.diagonal(c) - 1.))
   off_diag = jnp.sum(jnp.square(jnp.where(jnp.eye(c.shape[0], dtype=bool), 0., c)))
   return on_diag + lambd * off_diag
+
+
+def cosine_similarity_loss(pred, target):
+  """BYOL's normalized MSE |p/|p| - z/|z||^2 = 2 - 2 cos(p, z), mean over the batch; no gradient to the target.
+
+  MMSelfSup's CosineSimilarityLoss is -cos and BYOL sums 2 * (-cos) per direction: the same up to a constant."""
+  target = jax.lax.stop_gradient(target)
+  cos = jnp.sum(l2_normalize(pred.astype(jnp.float32)) * l2_normalize(target.astype(jnp.float32)), axis=-1)
+  return jnp.mean(2. - 2. * cos)
+
+
+def negative_cosine_similarity(pred, target):
+  """SimSiam's D(p, stopgrad(z)) = -cos(p, z), mean over the batch."""
+  target = jax.lax.stop_gradient(target)
+  return -jnp.mean(jnp.sum(l2_normalize(pred.astype(jnp.float32)) * l2_normalize(target.astype(jnp.float32)),
+                           axis=-1))
+
+
+def info_nce(q, k, queue, temperature):
+  """MoCo's InfoNCE (MMSelfSup ContrastiveHead): logits [q.k, q.queue] / T, the positive at index 0.
+
+  q, k: [N, D] are L2-normalized here; queue: [K, D] rows are already normalized keys of earlier batches.
+  """
+  q = l2_normalize(q.astype(jnp.float32))
+  k = l2_normalize(k.astype(jnp.float32))
+  positive = jnp.sum(q * k, axis=-1, keepdims=True)
+  negatives = q @ queue.astype(jnp.float32).T
+  logits = jnp.concatenate([positive, negatives], axis=1) / temperature
+  return optax.softmax_cross_entropy_with_integer_labels(logits, jnp.zeros(q.shape[0], jnp.int32)).mean()

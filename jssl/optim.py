@@ -12,14 +12,15 @@ The recipes of the reference (MMSelfSup) translate as:
 - SGD with momentum: `optax.sgd` + masked `add_decayed_weights` (coupled L2, like torch.optim.SGD).
 - `fixed_lr_names`: parameters under these keys get the same optimizer at the constant base lr (SimSiam's
   predictor, MMSelfSup's `fix_lr` + SimSiamHook), via `optax.multi_transform`.
-Schedules are linear warmup from `lr * warmup_start_factor` followed by cosine annealing to `min_lr` (or constant).
+Schedules are linear warmup from `lr * warmup_start_factor` followed by cosine annealing to `min_lr`, a constant,
+or `step`: lr times `gamma` at each of `milestones` (epochs; MoCo v1's 120/160 and the linear probes').
 """
 import flax.traverse_util
 import jax
 import optax
 
 OPTIMIZERS = ('adamw', 'lars', 'sgd')
-SCHEDULES = ('cosine', 'constant')
+SCHEDULES = ('cosine', 'constant', 'step')
 
 
 def decay_mask(params, no_decay_names=(), exclude_1d=True):
@@ -43,6 +44,13 @@ def build_schedule(opt_cfg, sched_cfg, steps_per_epoch: int, total_steps: int):
   warmup_steps = min(warmup_steps, total_steps)
   if sched_cfg.name == 'constant':
     main = optax.constant_schedule(lr)
+  elif sched_cfg.name == 'step':
+    milestones = sched_cfg.get('milestones', ())
+    if not milestones or list(milestones) != sorted(milestones):
+      raise ValueError(f'config.schedule.milestones: the step schedule needs increasing epochs, got {milestones}')
+    # join_schedules restarts the count after warmup, so the boundaries are relative to its end
+    boundaries = [int(round(m * steps_per_epoch)) - warmup_steps for m in milestones]
+    main = optax.piecewise_constant_schedule(lr, {b: sched_cfg.get('gamma', 0.1) for b in boundaries})
   else:
     main = optax.cosine_decay_schedule(lr, max(total_steps - warmup_steps, 1), alpha=sched_cfg.min_lr / lr if lr else 0.)
   if warmup_steps == 0:

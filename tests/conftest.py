@@ -23,6 +23,20 @@ def run_python(code_or_args, devices=1, env=None, timeout=900, check=True):
   return proc
 
 
+def apply_overrides(config, overrides):
+  """Sets {'a.b.0.c': value} (dotted keys; integers index lists) in an ml_collections config."""
+  for key, value in overrides.items():
+    *path, last = key.split('.')
+    node = config
+    for k in path:
+      node = node[int(k)] if isinstance(node, list) else node[k]
+    if isinstance(node, list):
+      node[int(last)] = value
+    else:
+      node[last] = value
+  return config
+
+
 @pytest.fixture
 def root():
   return ROOT

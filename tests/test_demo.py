@@ -9,10 +9,9 @@ from tests.conftest import run_python
 SHORT = ['--config.total_steps=12', '--config.log_every=4', '--config.checkpoint.every=6']
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize('config', ['configs/simclr.py:demo', 'configs/mae.py:demo', 'configs/barlowtwins.py:demo'])
-def test_demo_writes_everything(tmp_path, config):
-  proc = run_python(['-m', 'jssl.main', f'--config={config}', f'--workdir={tmp_path}', *SHORT])
+def check_demo(tmp_path, config, extra_args=()):
+  """Each method's test file calls this for its :demo (12 steps)."""
+  proc = run_python(['-m', 'jssl.main', f'--config={config}', f'--workdir={tmp_path}', *SHORT, *extra_args])
   lines = [l for l in proc.stdout.splitlines() if l.startswith('step ')]
   assert lines[-1].startswith('step 12/12') and all(k in lines[-1] for k in ('loss', 'lr', 'img/s', 'ETA'))
   assert 'top-1: trained' in proc.stdout
@@ -22,6 +21,13 @@ def test_demo_writes_everything(tmp_path, config):
   assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit()) == ['12', '6']
   assert list((tmp_path / 'tensorboard').glob('events.out.tfevents.*'))
   assert json.loads((tmp_path / 'config.json').read_text())['total_steps'] == 12
+  return results
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('config', ['configs/simclr.py:demo', 'configs/mae.py:demo', 'configs/barlowtwins.py:demo'])
+def test_demo_writes_everything(tmp_path, config):
+  check_demo(tmp_path, config)
 
 
 @pytest.mark.slow

@@ -1,3 +1,5 @@
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jssl import losses
@@ -40,3 +42,31 @@ def test_masked_mse_only_counts_masked_positions():
   pred2 = pred.copy()
   pred2[0, 1] += 100.  # a visible position: no effect
   np.testing.assert_allclose(losses.masked_mse(pred2, target, mask), expected, rtol=1e-6)
+
+
+def _log_softmax(x):
+  x = x - x.max(axis=1, keepdims=True)
+  return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+
+
+def test_info_nce_matches_numpy():
+  rng = np.random.default_rng(0)
+  q, k = rng.normal(size=(6, 5)), rng.normal(size=(6, 5))
+  queue = rng.normal(size=(10, 5))
+  queue /= np.linalg.norm(queue, axis=1, keepdims=True)
+  qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+  kn = k / np.linalg.norm(k, axis=1, keepdims=True)
+  logits = np.concatenate([(qn * kn).sum(1, keepdims=True), qn @ queue.T], axis=1) / 0.2
+  expected = -_log_softmax(logits)[:, 0].mean()
+  np.testing.assert_allclose(losses.info_nce(jnp.asarray(q), jnp.asarray(k), jnp.asarray(queue), 0.2), expected,
+                             rtol=1e-5)
+
+
+def test_cosine_losses_match_numpy_and_stop_the_target_gradient():
+  rng = np.random.default_rng(1)
+  p, z = rng.normal(size=(5, 7)).astype(np.float32), rng.normal(size=(5, 7)).astype(np.float32)
+  cos = (p * z).sum(1) / np.linalg.norm(p, axis=1) / np.linalg.norm(z, axis=1)
+  np.testing.assert_allclose(losses.cosine_similarity_loss(p, z), np.mean(2 - 2 * cos), rtol=1e-5)
+  np.testing.assert_allclose(losses.negative_cosine_similarity(p, z), -np.mean(cos), rtol=1e-5)
+  for fn in (losses.cosine_similarity_loss, losses.negative_cosine_similarity):
+    assert np.all(jax.grad(lambda t: fn(jnp.asarray(p), t))(jnp.asarray(z)) == 0)

@@ -30,6 +30,24 @@ def test_warmup_cosine_schedule_values():
     np.testing.assert_allclose(s(step), expected, rtol=1e-5)
 
 
+def test_step_schedule_matches_torch_multisteplr_and_counts_from_the_start_with_warmup():
+  import torch
+  s = optim.build_schedule(cfg(lr=0.03), cfg(name='step', milestones=(4, 6), gamma=0.1, warmup_epochs=0.),
+                           steps_per_epoch=5, total_steps=40)
+  opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.03)
+  ref = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[20, 30], gamma=0.1)  # milestones in iterations
+  for step in range(40):
+    np.testing.assert_allclose(s(step), opt.param_groups[0]['lr'], rtol=1e-6, err_msg=str(step))
+    opt.step()
+    ref.step()
+  warm = optim.build_schedule(cfg(lr=1.), cfg(name='step', milestones=(4,), gamma=0.5, warmup_epochs=2.,
+                                              warmup_start_factor=0.), steps_per_epoch=5, total_steps=40)
+  np.testing.assert_allclose([warm(5), warm(10), warm(19), warm(20)], [0.5, 1., 1., 0.5], rtol=1e-6)
+  import pytest
+  with pytest.raises(ValueError, match='config.schedule.milestones'):
+    optim.build_schedule(cfg(lr=1.), cfg(name='step', milestones=(), warmup_epochs=0.), 5, 40)
+
+
 def test_lars_excludes_1d_params_from_adaptation_and_decay():
   params = {'w': jnp.full((4, 4), 2.0), 'b': jnp.full((4,), 2.0)}
   grads = {'w': jnp.full((4, 4), 0.5), 'b': jnp.full((4,), 0.5)}

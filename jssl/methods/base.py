@@ -2,7 +2,8 @@
 
 A method is a small object around Flax modules (see ../shared/design.md):
 
-    Method(config, total_steps)                                      # total_steps: for in-method schedules
+    Method(config, total_steps, steps_per_epoch, num_records)         # the run's length and the dataset's size,
+                                                                     # for in-method schedules and memory banks
     init(rng, batch) -> (params, model_state, method_state)
     loss(params, model_state, method_state, batch, rng, step) -> (loss, (metrics, model_state, method_state))
     after_step(params, method_state, step) -> method_state          # EMA targets, queues, memory banks
@@ -12,6 +13,8 @@ A method is a small object around Flax modules (see ../shared/design.md):
 `model_state` holds Flax mutable collections (batch_stats); `method_state` holds what gradients don't train.
 """
 import importlib
+import os
+import pkgutil
 from typing import Any, Protocol
 
 import flax.linen as nn
@@ -19,12 +22,12 @@ import jax.numpy as jnp
 
 from jssl.models.necks import global_avg_pool
 
-# name -> module under jssl.methods defining `Method`. Imported lazily so a method's deps load only when used.
-METHODS = {
-    'barlowtwins': 'jssl.methods.barlowtwins',
-    'simclr': 'jssl.methods.simclr',
-    'mae': 'jssl.methods.mae',
-}
+# A method is the module jssl/methods/<name>.py defining `Method`, imported only when used (so a method's deps load
+# only then). ALIASES: config names served by another method's module (MoCo v1 is MoCo v2 with other options).
+ALIASES = {'mocov1': 'mocov2'}
+_MODULES = [m.name for m in pkgutil.iter_modules([os.path.dirname(__file__)]) if m.name != 'base']
+METHODS = {name: f'jssl.methods.{ALIASES.get(name, name)}'
+           for name in sorted(_MODULES + [a for a, m in ALIASES.items() if m in _MODULES])}
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
@@ -55,8 +58,10 @@ def compute_dtype(config):
   return DTYPES[config.dtype]
 
 
-def build_method(config, total_steps: int = 0) -> Method:
-  """`total_steps` (micro-steps of the whole run) feeds schedules inside a method, e.g. BYOL's momentum."""
+def build_method(config, total_steps: int = 0, steps_per_epoch: int = 0, num_records: int = 0) -> Method:
+  """`total_steps` (micro-steps of the whole run) and `steps_per_epoch` feed schedules inside a method (BYOL's
+  momentum, SwAV's queue start); `num_records` (the training set's size) sizes per-image memory banks (NPID)."""
   if config.method not in METHODS:
     raise ValueError(f"config.method: unknown method '{config.method}'; valid: {', '.join(sorted(METHODS))}")
-  return importlib.import_module(METHODS[config.method]).Method(config, total_steps=total_steps)
+  return importlib.import_module(METHODS[config.method]).Method(
+      config, total_steps=total_steps, steps_per_epoch=steps_per_epoch, num_records=num_records)

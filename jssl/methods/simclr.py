@@ -12,8 +12,8 @@ from jssl.models.necks import NonLinearNeck
 
 
 class Method:
-  def __init__(self, config, total_steps=0):
-    del total_steps  # no schedule inside the method
+  def __init__(self, config, total_steps=0, steps_per_epoch=0, num_records=0):
+    del total_steps, steps_per_epoch, num_records  # no schedule or per-image state inside the method
     dtype = compute_dtype(config)
     m = config.model
     self.temperature = m.temperature

@@ -82,3 +82,37 @@ class MAEDecoder(nn.Module):
     x = nn.Dense(self.patch_size ** 2 * self.in_chans, dtype=self.dtype,
                  kernel_init=nn.initializers.xavier_uniform(), name='decoder_pred')(x)
     return x[:, 1:]
+
+
+# torch.nn.Linear's default weight init (kaiming_uniform with a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+torch_linear_init = nn.initializers.variance_scaling(1. / 3., 'fan_in', 'uniform')
+
+
+class LinearNeck(nn.Module):
+  """MMSelfSup's LinearNeck (MoCo v1): [avgpool] -> fc with bias."""
+  out_channels: int
+  with_avg_pool: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train  # no BatchNorm
+    if self.with_avg_pool:
+      x = global_avg_pool(x)
+    return nn.Dense(self.out_channels, kernel_init=torch_linear_init, dtype=self.dtype, name='fc')(x)
+
+
+class MoCoV2Neck(nn.Module):
+  """MMSelfSup's MoCoV2Neck: [avgpool] -> fc -> ReLU -> fc, both with bias, no BatchNorm."""
+  hid_channels: int
+  out_channels: int
+  with_avg_pool: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train  # no BatchNorm
+    if self.with_avg_pool:
+      x = global_avg_pool(x)
+    x = nn.relu(nn.Dense(self.hid_channels, kernel_init=torch_linear_init, dtype=self.dtype, name='fc0')(x))
+    return nn.Dense(self.out_channels, kernel_init=torch_linear_init, dtype=self.dtype, name='fc1')(x)

@@ -78,7 +78,7 @@ class Trainer:
       num_records = len(self.train_source)
     self.mesh = sharding.make_mesh(**config.mesh, devices=devices)
     self.steps_per_epoch, self.total_steps = steps_for(config, num_records)
-    self.method = build_method(config, self.total_steps)
+    self.method = build_method(config, self.total_steps, self.steps_per_epoch, num_records)
     accum = config.optimizer.get('grad_accum_steps', 1)
     self.schedule = optim.build_schedule(config.optimizer, config.schedule, self.steps_per_epoch // accum,
                                          self.total_steps // accum)

@@ -1,5 +1,7 @@
 """The same global batch gives the same loss, gradients and step on 1 device, 8 data-parallel devices and a
-2 x 4 data x fsdp mesh with sharded parameters (8 simulated CPU devices, in a subprocess)."""
+2 x 4 data x fsdp mesh with sharded parameters (8 simulated CPU devices, in a subprocess).
+
+Each method's own test file calls `assert_devices_match(config, overrides)`; CASES below covers the first methods."""
 import json
 
 import numpy as np
@@ -15,20 +17,14 @@ from jssl.train.loop import Trainer
 
 config_path, overrides = sys.argv[1], json.loads(sys.argv[2])
 from jssl.config import load_config_file
+from tests.conftest import apply_overrides
 c = load_config_file(config_path)
-for key, value in overrides.items():  # dotted keys into the ConfigDict
-  node = c
-  for k in key.split('.')[:-1]:
-    node = node[k] if not isinstance(node, list) else node[int(k)]
-  last = key.split('.')[-1]
-  if isinstance(node, list):
-    node[int(last)] = value
-  else:
-    node[last] = value
+apply_overrides(c, overrides)
 c.batch_size = 16
 rng = np.random.default_rng(0)
 views = tuple(rng.integers(0, 256, (16, v['size'], v['size'], 3), dtype=np.uint8)
               for v in c.data.views for _ in range(v.get('num', 1)))
+host_batch = {'views': views, 'index': np.arange(16, dtype=np.int64) * 3, 'label': np.arange(16, dtype=np.int32) % 4}
 out = {}
 for name, mesh, mode in [('one', dict(data=1, fsdp=1), 'replicate'), ('dp8', dict(data=8, fsdp=1), 'replicate'),
                          ('fsdp', dict(data=2, fsdp=4), 'fsdp')]:
@@ -37,16 +33,20 @@ for name, mesh, mode in [('one', dict(data=1, fsdp=1), 'replicate'), ('dp8', dic
   devices = jax.devices()[:1] if name == 'one' else jax.devices()
   trainer = Trainer(c, None, num_records=1600, devices=devices)
   state = trainer.init_state(jax.random.PRNGKey(0))
-  batch = to_global({'views': views}, trainer.mesh)
+  batch = to_global(host_batch, trainer.mesh)
   if name == 'fsdp':  # really sharded: some parameter lives in 4 pieces
     shards = [len({str(s.index) for s in x.addressable_shards}) for x in jax.tree.leaves(state.params)]
     assert max(shards) == 4, shards
   state, metrics = trainer.train_step(state, batch)
   state, metrics2 = trainer.train_step(state, batch)
   leaves = [np.asarray(x, np.float64) for x in jax.tree.leaves(state.params)]
+  # queues, EMA targets, memory banks: what crosses devices outside the gradient
+  method_leaves = [np.asarray(x, np.float64) for x in jax.tree.leaves(state.method_state)]
   out[name] = {'loss': float(metrics['loss']), 'grad_norm': float(metrics['grad_norm']),
                'loss2': float(metrics2['loss']), 'params': [x.ravel()[:64].tolist() for x in leaves],
-               'param_sums': [float(np.abs(x).sum()) for x in leaves]}
+               'param_sums': [float(np.abs(x).sum()) for x in leaves],
+               'method_state': [x.ravel()[:64].tolist() for x in method_leaves],
+               'method_state_sums': [float(np.abs(x).sum()) for x in method_leaves]}
 print('RESULT' + json.dumps(out))
 '''
 
@@ -63,10 +63,9 @@ CASES = {
 }
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize('method', sorted(CASES))
-def test_eight_devices_and_fsdp_match_one_device(method):
-  config_path, overrides = CASES[method]
+def assert_devices_match(config_path, overrides):
+  """Two steps of `config_path` (with `overrides`, dotted keys) on 1 device, 8 data-parallel devices
+  and a 2 x 4 fsdp mesh give the same losses, gradient norms, params and method state."""
   proc = run_python(['-c', SCRIPT, config_path, json.dumps(overrides)], devices=8)
   out = json.loads(proc.stdout.split('RESULT', 1)[1])
   ref = out['one']
@@ -78,3 +77,14 @@ def test_eight_devices_and_fsdp_match_one_device(method):
     np.testing.assert_allclose(got['param_sums'], ref['param_sums'], rtol=1e-4, atol=1e-6, err_msg=name)
     for a, b in zip(got['params'], ref['params']):
       np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(got['method_state_sums'], ref['method_state_sums'], rtol=1e-4, atol=1e-6,
+                               err_msg=name + ' method_state')
+    for a, b in zip(got['method_state'], ref['method_state']):
+      np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5, err_msg=name + ' method_state')
+  return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('method', sorted(CASES))
+def test_eight_devices_and_fsdp_match_one_device(method):
+  assert_devices_match(*CASES[method])

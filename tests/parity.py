@@ -1,0 +1,59 @@
+"""Helpers for parity tests against mmpretrain 1.2: copy jssl variables into the reference's torch modules.
+
+    torch_model.backbone.load_state_dict(resnet_state(params['backbone'], model_state['batch_stats']['backbone'],
+                                                      'resnet18', {'num_filters': 8}))
+    MODELS.build(mmpretrain_resnet("resnet18", {"num_filters": 8}))  # matching mmpretrain backbone config
+
+Note: mmpretrain modules' .train() / .eval() return None (call them on their own line).
+"""
+import numpy as np
+import torch
+
+from jssl.convert import resnet as resnet_convert
+
+
+def tensors(flat):
+  return {k: torch.from_numpy(np.array(v, np.float32) if np.asarray(v).dtype.kind == 'f' else np.array(v))
+          for k, v in flat.items()}
+
+
+def resnet_state(params, batch_stats, name, kwargs=None):
+  """A jssl ResNet's variables as the state dict of mmpretrain's ResNet (OIHW convs)."""
+  variables = {'params': params, 'batch_stats': batch_stats}
+  arch = {'name': name, **dict(kwargs or {})}
+  return tensors(resnet_convert.to_torch(variables, 'mmpretrain', arch))
+
+
+def mmpretrain_resnet(name, kwargs=None, zero_init_residual=False):
+  """mmpretrain backbone config of the same ResNet (depth from the name, width from num_filters)."""
+  kwargs = dict(kwargs or {})
+  width = kwargs.get('num_filters', 64)
+  return dict(type='ResNet', depth=int(name.replace('resnet', '')), stem_channels=width, base_channels=width,
+              out_indices=(3,), zero_init_residual=zero_init_residual, norm_cfg=dict(type='BN'))
+
+
+def dense_state(p, prefix):
+  """Flax Dense {'kernel' [in, out], 'bias'} -> torch Linear '{prefix}.weight' [out, in], '{prefix}.bias'."""
+  out = {f'{prefix}.weight': np.asarray(p['kernel']).T}
+  if 'bias' in p:
+    out[f'{prefix}.bias'] = np.asarray(p['bias'])
+  return tensors(out)
+
+
+def bn_state(p, stats, prefix):
+  """Flax BatchNorm params (scale/bias, if affine) + batch_stats (mean/var) -> torch BatchNorm names."""
+  out = {f'{prefix}.running_mean': np.asarray(stats['mean']), f'{prefix}.running_var': np.asarray(stats['var'])}
+  if p and 'scale' in p:
+    out[f'{prefix}.weight'] = np.asarray(p['scale'])
+  if p and 'bias' in p:
+    out[f'{prefix}.bias'] = np.asarray(p['bias'])
+  return tensors(out)
+
+
+def nhwc_to_torch(x):
+  return torch.from_numpy(np.asarray(x, np.float32).transpose(0, 3, 1, 2).copy())
+
+
+def first_conv_grad_to_jssl(torch_grad):
+  """Gradient of a torch conv weight (OIHW) in the jssl layout (HWIO), to compare first-layer gradients."""
+  return torch_grad.detach().numpy().transpose(2, 3, 1, 0)
