@@ -57,3 +57,34 @@ def nhwc_to_torch(x):
 def first_conv_grad_to_jssl(torch_grad):
   """Gradient of a torch conv weight (OIHW) in the jssl layout (HWIO), to compare first-layer gradients."""
   return torch_grad.detach().numpy().transpose(2, 3, 1, 0)
+
+
+def nonlinear_neck_state(params, batch_stats, prefix='neck'):
+  """jssl NonLinearNeck (fc{i}, bn{i}) -> mmpretrain NonLinearNeck: the same module names, torch layouts."""
+  out = {}
+  for name, p in params.items():
+    if name.startswith('fc'):
+      out.update(dense_state(p, f'{prefix}.{name}'))
+  for name, stats in batch_stats.items():
+    out.update(bn_state(params.get(name), stats, f'{prefix}.{name}'))
+  return out
+
+
+def build_mmpretrain(cfg):
+  """An mmpretrain model from its config dict, in train mode."""
+  from mmengine.registry import init_default_scope
+  init_default_scope('mmpretrain')
+  from mmpretrain.registry import MODELS
+  model = MODELS.build(cfg)
+  model.train()
+  return model
+
+
+def assert_grads_close(got, ref, rtol=1e-4):
+  """Gradients agree: |got - ref| / |ref| <= rtol over the whole tensor, and each element within rtol of the largest
+  (elementwise relative error is meaningless for entries that cancel to ~0 in fp32)."""
+  got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+  assert got.shape == ref.shape, (got.shape, ref.shape)
+  assert np.linalg.norm(got - ref) <= rtol * np.linalg.norm(ref), np.linalg.norm(got - ref) / np.linalg.norm(ref)
+  np.testing.assert_allclose(got, ref, rtol=0, atol=10 * rtol * np.abs(ref).max())
+  assert np.abs(ref).max() > 0

@@ -30,3 +30,37 @@ def test_simclr_loss_is_nt_xent_of_projections_and_bn_spans_both_views():
   grads = jax.jit(jax.grad(lambda p: method.loss(p, model_state, method_state, {'views': (v1, v2)}, jax.random.key(1),
                                          0)[0]))(params)
   assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+
+
+def test_simclr_matches_mmpretrain_loss_and_first_conv_gradient():
+  """Same weights and views in mmpretrain 1.2's SimCLR (world size 1): loss and the gradient of the stem conv."""
+  import torch
+  from tests import parity
+  c = get_config('demo')
+  c.backbone.kwargs.num_filters = 8
+  c.model.neck_hid_channels = 32
+  c.model.neck_out_channels = 16
+  method = simclr.Method(c)
+  rng = np.random.default_rng(0)
+  v1, v2 = (rng.normal(size=(6, 32, 32, 3)).astype(np.float32) for _ in range(2))
+  batch = {'views': (jnp.asarray(v1), jnp.asarray(v2))}
+  params, model_state, method_state = method.init(jax.random.key(0), batch)
+  loss_fn = lambda p: method.loss(p, model_state, method_state, batch, jax.random.key(1), 0)[0]
+  loss, grads = jax.value_and_grad(loss_fn)(params)
+
+  ref = parity.build_mmpretrain(dict(
+      type='SimCLR', backbone=parity.mmpretrain_resnet('resnet18', c.backbone.kwargs),
+      neck=dict(type='NonLinearNeck', in_channels=64, hid_channels=32, out_channels=16, num_layers=2,
+                with_avg_pool=True, norm_cfg=dict(type='BN1d')),
+      head=dict(type='ContrastiveHead', loss=dict(type='CrossEntropyLoss'), temperature=0.1)))
+  stats = model_state['batch_stats']
+  state = {**{f'backbone.{k}': v for k, v in parity.resnet_state(params['backbone'], stats['backbone'], 'resnet18',
+                                                                   c.backbone.kwargs).items()},
+           **parity.nonlinear_neck_state(params['neck'], stats['neck'])}
+  missing, unexpected = ref.load_state_dict(state, strict=False)
+  assert not unexpected and all(k.endswith('num_batches_tracked') for k in missing), (missing, unexpected)
+  ref_loss = ref.loss([parity.nhwc_to_torch(v1), parity.nhwc_to_torch(v2)], None)['loss']
+  ref_loss.backward()
+  np.testing.assert_allclose(loss, ref_loss.item(), rtol=1e-4)
+  parity.assert_grads_close(grads['backbone']['conv1']['kernel'],
+                            parity.first_conv_grad_to_jssl(ref.backbone.conv1.weight.grad))
