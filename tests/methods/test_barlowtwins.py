@@ -93,3 +93,42 @@ def test_lars_excluded_lr_mult_scales_only_bn_and_bias_updates():
   np.testing.assert_allclose(updates[0.024]['fc']['kernel'], updates[1.]['fc']['kernel'])
   np.testing.assert_allclose(updates[0.024]['fc']['bias'], 0.024 * updates[1.]['fc']['bias'], rtol=1e-6)
   np.testing.assert_allclose(updates[0.024]['bn']['scale'], -0.024 * 1.6 * 0.5 * np.ones(4), rtol=1e-6)
+
+
+def test_barlowtwins_matches_mmpretrain_loss_and_first_conv_gradient():
+  """Same weights and views in mmpretrain 1.2's BarlowTwins (world size 1): loss and the stem conv's gradient."""
+  from tests import parity
+  c = get_config('demo')
+  c.backbone.kwargs.num_filters = 8
+  c.model.neck_hid_channels = 16
+  c.model.neck_out_channels = 16
+  method = barlowtwins.Method(c)
+  rng = np.random.default_rng(0)
+  v1, v2 = (rng.normal(size=(8, 32, 32, 3)).astype(np.float32) for _ in range(2))
+  batch = {'views': (jnp.asarray(v1), jnp.asarray(v2))}
+  params, model_state, method_state = method.init(jax.random.key(0), batch)
+  # zero-init residuals would hide the residual branches' gradients: give the last BN scales a value
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, x: x + 0.5 if 'bn2' in str(path) and 'scale' in str(path) else x, params)
+  loss_fn = lambda p: method.loss(p, model_state, method_state, batch, jax.random.key(1), 0)[0]
+  loss, grads = jax.value_and_grad(loss_fn)(params)
+
+  ref = parity.build_mmpretrain(dict(
+      type='BarlowTwins', backbone=parity.mmpretrain_resnet('resnet18', c.backbone.kwargs),
+      neck=dict(type='NonLinearNeck', in_channels=64, hid_channels=16, out_channels=16, num_layers=3,
+                with_last_bn=False, with_last_bn_affine=False, with_avg_pool=True, norm_cfg=dict(type='BN1d')),
+      head=dict(type='LatentCrossCorrelationHead', in_channels=16,
+                loss=dict(type='CrossCorrelationLoss', lambd=0.0051))))
+  stats = model_state['batch_stats']
+  state = {**{f'backbone.{k}': v for k, v in parity.resnet_state(params['backbone'], stats['backbone'], 'resnet18',
+                                                                   c.backbone.kwargs).items()},
+           **parity.nonlinear_neck_state(params['neck'], stats['neck'])}
+  missing, unexpected = ref.load_state_dict(state, strict=False)
+  # the head's BatchNorm1d (no affine) runs in train mode: its running statistics are never read
+  assert not unexpected and all(k.endswith('num_batches_tracked') or k.startswith('head.bn.running')
+                                for k in missing), (missing, unexpected)
+  ref_loss = ref.loss([parity.nhwc_to_torch(v1), parity.nhwc_to_torch(v2)], None)['loss']
+  ref_loss.backward()
+  np.testing.assert_allclose(loss, ref_loss.item(), rtol=1e-4)
+  parity.assert_grads_close(grads['backbone']['conv1']['kernel'],
+                            parity.first_conv_grad_to_jssl(ref.backbone.conv1.weight.grad))
