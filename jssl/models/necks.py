@@ -116,3 +116,41 @@ class MoCoV2Neck(nn.Module):
       x = global_avg_pool(x)
     x = nn.relu(nn.Dense(self.hid_channels, kernel_init=torch_linear_init, dtype=self.dtype, name='fc0')(x))
     return nn.Dense(self.out_channels, kernel_init=torch_linear_init, dtype=self.dtype, name='fc1')(x)
+
+
+def adaptive_avg_pool(x, grid):
+  """[B, H, W, C] -> [B, grid, grid, C] by averaging equal windows (torch AdaptiveAvgPool2d when grid divides H, W)."""
+  b, h, w, c = x.shape
+  if h % grid or w % grid:
+    raise ValueError(f'num_grid {grid} must divide the feature map size {h}x{w}')
+  return x.reshape(b, grid, h // grid, grid, w // grid, c).mean(axis=(2, 4))
+
+
+class DenseCLNeck(nn.Module):
+  """MMSelfSup's DenseCLNeck on a backbone feature map [B, H, W, C]; returns three outputs:
+
+  - global: avgpool -> fc -> ReLU -> fc, [B, out] (MoCo v2's projector);
+  - dense: [adaptive avgpool to num_grid x num_grid] -> 1x1 conv -> ReLU -> 1x1 conv, flattened to [B, S^2, out]
+    with locations in row-major (h, w) order (torch's view(B, C, -1) of an NCHW map, transposed);
+  - dense mean: the dense output averaged over the locations, [B, out] (what the dense queue is fed with).
+
+  Biases on all four layers; kernels with torch's default (Kaiming-uniform a=sqrt(5)) scale, biases zero.
+  """
+  hid_channels: int
+  out_channels: int
+  num_grid: Any = None
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train  # no BatchNorm
+    g = global_avg_pool(x)
+    g = nn.relu(nn.Dense(self.hid_channels, kernel_init=torch_linear_init, dtype=self.dtype, name='fc0')(g))
+    g = nn.Dense(self.out_channels, kernel_init=torch_linear_init, dtype=self.dtype, name='fc1')(g)
+    if self.num_grid:
+      x = adaptive_avg_pool(x, self.num_grid)
+    conv = lambda features, name: nn.Conv(features, (1, 1), kernel_init=torch_linear_init, dtype=self.dtype,
+                                          name=name)
+    d = conv(self.out_channels, 'conv1')(nn.relu(conv(self.hid_channels, 'conv0')(x)))
+    dense = d.reshape(d.shape[0], -1, d.shape[-1])
+    return g, dense, dense.mean(axis=1)

@@ -1,0 +1,74 @@
+"""DenseCL, ResNet-50, the reference recipe `densecl_resnet50_8xb32-coslr-200e_in1k`:
+batch 256 (8 GPUs x 32), SGD lr 0.03 / momentum 0.9 / weight decay 1e-4 (on every parameter, as torch SGD), cosine
+over 200 epochs (no warmup); DenseCLNeck 2048-2048-128 (global fc-ReLU-fc, dense 1x1 conv-ReLU-1x1 conv on the 7x7
+map, no grid pooling), InfoNCE at temperature 0.2 against two queues of 65,536 keys (global keys; means of the dense
+keys), key encoder momentum 0.999, shuffle-BN over 8 groups (the reference's 8 GPUs), loss = 0.5 * global + 0.5 *
+dense with the dense weight 0 for the first 1,000 iterations (DenseCLHook, start_iters=1000); ResNet-50 without
+zero-init residuals. MoCo v2's views: two 224 crops (scale 0.2-1) with color jitter (0.4, 0.4, 0.4, 0.1) p=0.8,
+grayscale p=0.2, Gaussian blur sigma 0.1-2.0 p=0.5, horizontal flip.
+
+Note: mmpretrain 1.2's config of this recipe lists no DenseCLHook (so its loss weight is 0.5 from the first step);
+the authors' code and MMSelfSup 0.x use the 1,000-iteration warmup, which is the default here
+(`--config.model.loss_lambda_warmup=0` gives mmpretrain 1.2's behaviour).
+
+Variants: `configs/densecl.py` (ImageNet), `configs/densecl.py:demo` (embedded digits, ResNet-18, CPU minutes).
+"""
+from jssl.config import base_config, demo_run, digits_data, imagenet_data
+
+
+def mocov2_augment(blur_kernel):
+  return [
+      dict(type='ColorJitter', brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, prob=0.8),
+      dict(type='RandomGrayscale', prob=0.2),
+      dict(type='GaussianBlur', sigma_min=0.1, sigma_max=2.0, kernel_size=blur_kernel, prob=0.5),
+  ]
+
+
+def get_config(arg=None):
+  c = base_config()
+  c.method = 'densecl'
+  c.batch_size = 256
+  c.epochs = 200
+  c.backbone.name = 'resnet50'
+  c.model.neck_hid_channels = 2048
+  c.model.neck_out_channels = 128
+  c.model.num_grid = 0                # 0: the dense branch runs on the full last feature map (7x7 at 224)
+  c.model.temperature = 0.2
+  c.model.queue_len = 65536
+  c.model.momentum = 0.999
+  c.model.loss_lambda = 0.5
+  c.model.loss_lambda_warmup = 1000   # steps with loss_lambda = 0 (DenseCLHook's start_iters)
+  c.model.shuffle_bn_groups = 8
+  c.optimizer.name = 'sgd'
+  c.optimizer.lr = 0.03
+  c.optimizer.momentum = 0.9
+  c.optimizer.weight_decay = 1e-4
+  c.optimizer.exclude_1d_from_decay = False  # torch SGD: weight decay on BN and biases too
+  c.optimizer.grad_clip_norm = 0.
+  c.optimizer.grad_accum_steps = 1
+  c.schedule.update({'name': 'cosine', 'warmup_epochs': 0., 'min_lr': 0.})
+  # kernel_size 23 ~ 10% of 224; sigma sampled per image
+  c.data = imagenet_data(views=[dict(size=224, scale=(0.2, 1.0), interpolation='bilinear', flip_prob=0.5, num=2)],
+                         augment=mocov2_augment(blur_kernel=23))
+
+  if arg == 'demo':
+    # 48 px: ResNet-18's last stage is then a 2x2 map (at 32 px it is 1x1 and the dense loss would be the global
+    # one), at about half the cost of 64 px
+    size = 48
+    c.data = digits_data(views=[dict(size=size, scale=(0.3, 1.0), interpolation='bilinear', flip_prob=0.0, num=2)],
+                         augment=mocov2_augment(blur_kernel=5), image_size=size)
+    demo_run(c, size)
+    # ResNet-18 at half width: XLA's CPU convolutions fall off a cliff at 64+ channels on 1x1/2x2 maps
+    c.backbone.name = 'resnet18'
+    c.backbone.kwargs.num_filters = 32
+    c.model.neck_hid_channels = 256
+    c.model.queue_len = 256           # a multiple of the batch, well below the 1,437 training images
+    c.model.momentum = 0.99           # a few hundred steps: the key encoder must follow within the run
+    c.model.loss_lambda_warmup = 30
+    c.model.shuffle_bn_groups = 4
+    c.batch_size = 128
+    c.epochs = 30
+    c.optimizer.lr = 0.3
+  elif arg:
+    raise ValueError(f"configs/densecl.py: unknown variant '{arg}'; valid: demo")
+  return c
