@@ -63,14 +63,15 @@ def get_config(arg=None):
     c.backbone.kwargs.num_filters = 32
     c.model.neck_hid_channels = 256
     c.model.neck_out_channels = 64
-    c.model.num_prototypes = 100
+    # 30 prototypes for 10 classes: Sinkhorn spreads each batch of 128 evenly, ~4 samples per prototype
+    c.model.num_prototypes = 30
     c.model.queue_length = 512
     c.model.epoch_queue_starts = 10
     c.model.freeze_prototypes_iters = 11    # ~1 epoch, as 5005 iterations are 1 ImageNet epoch at batch 256
     c.batch_size = 128
     c.epochs = 30
-    c.optimizer.lr = 0.6
-    c.schedule.min_lr = 6e-4
+    c.optimizer.lr = 0.3
+    c.schedule.min_lr = 3e-4
   elif arg:
     raise ValueError(f"configs/swav.py: unknown variant '{arg}'; valid: demo")
   return c

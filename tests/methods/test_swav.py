@@ -81,7 +81,7 @@ def small_method(batch_size=6, queue_length=0, epoch_queue_starts=0, freeze=0, s
   return swav.Method(c, steps_per_epoch=steps_per_epoch)
 
 
-def make_views(seed, bs=6, sizes=(32, 32, 16, 16)):
+def make_views(seed, bs=6, sizes=(16, 16, 8, 8)):
   rng = np.random.default_rng(seed)
   return tuple(jnp.asarray(rng.normal(size=(bs, s, s, 3)), jnp.float32) for s in sizes)
 
