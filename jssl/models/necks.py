@@ -154,3 +154,39 @@ class DenseCLNeck(nn.Module):
     d = conv(self.out_channels, 'conv1')(nn.relu(conv(self.hid_channels, 'conv0')(x)))
     dense = d.reshape(d.shape[0], -1, d.shape[-1])
     return g, dense, dense.mean(axis=1)
+
+
+class SwAVNeck(nn.Module):
+  """MMSelfSup's SwAVNeck: global-average-pool each feature map of the list (one per crop resolution), concatenate
+  them along the batch, then fc -> BN -> ReLU -> fc (both fcs with bias) -> L2 normalization.
+
+  The BN sees all crops of all resolutions together (the reference concatenates before projecting); over the global
+  batch it is the reference's SyncBN. hid_channels == 0: a single fc; out_channels == 0: no projection."""
+  hid_channels: int
+  out_channels: int
+  with_avg_pool: bool = True
+  with_l2norm: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, xs, train: bool = False):
+    if not isinstance(xs, (list, tuple)):
+      xs = [xs]
+    x = jnp.concatenate([global_avg_pool(x) if self.with_avg_pool else x.reshape(x.shape[0], -1) for x in xs])
+    if self.out_channels and self.hid_channels:
+      x = nn.Dense(self.hid_channels, kernel_init=torch_linear_init, dtype=self.dtype, name='fc0')(x)
+      x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype, name='bn0')(x)
+      x = nn.relu(x)
+      x = nn.Dense(self.out_channels, kernel_init=torch_linear_init, dtype=self.dtype, name='fc1')(x)
+    elif self.out_channels:
+      x = nn.Dense(self.out_channels, kernel_init=torch_linear_init, dtype=self.dtype, name='fc0')(x)
+    if self.with_l2norm:  # torch.nn.functional.normalize: x / max(|x|, 1e-12)
+      x = x / jnp.maximum(jnp.linalg.norm(x.astype(jnp.float32), axis=-1, keepdims=True), 1e-12).astype(x.dtype)
+    return x
+
+
+def normalized_prototypes_init(key, shape, dtype=jnp.float32):
+  """torch.nn.Linear's weight init with every prototype (a column of the [D, K] kernel) scaled to unit length:
+  the state the reference's prototypes are in after its first in-place normalization."""
+  w = torch_linear_init(key, shape, dtype)
+  return w / jnp.linalg.norm(w, axis=0, keepdims=True)
