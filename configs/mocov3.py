@@ -88,7 +88,7 @@ def get_config(arg=None):
     c.schedule.update({'warmup_epochs': 10.})
     c.data = mocov3_data(224, (0.2, 1.0), blur_kernel=23)
   elif arg == 'demo':
-    size = 32
+    size = 16  # the 8x8 digits upsampled 2x: 4-px patches see 2x2 original pixels, 16 tokens
     c.data = mocov3_data(size, (0.3, 1.0), blur_kernel=3, digits=True)
     demo_run(c, size)
     c.dtype = 'float32'
@@ -99,7 +99,7 @@ def get_config(arg=None):
     c.model.pred_hid_channels = 512
     c.batch_size = 128
     c.epochs = 40
-    c.optimizer.lr = 1.5e-4 * 128 / 256 * 8
+    c.optimizer.lr = 1.5e-3
     c.schedule.warmup_epochs = 4.
   elif arg:
     raise ValueError(f"configs/mocov3.py: unknown variant '{arg}'; valid: demo, resnet50, vit_s")

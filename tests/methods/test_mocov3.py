@@ -233,3 +233,27 @@ def test_parity_with_mmpretrain_mocov3():
   moved = ref_t_qkv - old_qkv
   np.testing.assert_allclose(moved, (1 - m) * step, atol=1e-3 * np.abs(moved).max())
   assert np.abs(moved).max() > 1e-6 and 0.99 < m < 0.991
+
+
+# the projector's 128 x 128 fc1 is big enough for the fsdp mesh to shard
+SMALL = {'backbone.kwargs.embed_dim': 32, 'backbone.kwargs.depth': 2, 'backbone.kwargs.num_heads': 2,
+         'model.neck_hid_channels': 128, 'model.neck_out_channels': 16, 'model.pred_hid_channels': 32}
+
+
+@pytest.mark.slow
+def test_eight_devices_and_fsdp_match_one_device():
+  from tests.train.test_sharding import assert_devices_match
+  out = assert_devices_match('configs/mocov3.py:demo', SMALL)
+  assert out['one']['method_state_sums']  # the momentum encoder is compared too
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_exactly(tmp_path):
+  from tests.train.test_resume import assert_resume_exact
+  assert_resume_exact(tmp_path, 'configs/mocov3.py:demo', {**SMALL, 'batch_size': 64, 'total_steps': 30})
+
+
+@pytest.mark.slow
+def test_demo(tmp_path):
+  from tests.test_demo import check_demo
+  check_demo(tmp_path, 'configs/mocov3.py:demo')
