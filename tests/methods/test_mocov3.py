@@ -243,7 +243,10 @@ SMALL = {'backbone.kwargs.embed_dim': 32, 'backbone.kwargs.depth': 2, 'backbone.
 @pytest.mark.slow
 def test_eight_devices_and_fsdp_match_one_device():
   from tests.train.test_sharding import assert_devices_match
-  out = assert_devices_match('configs/mocov3.py:demo', SMALL)
+  # The keys' bias in attention and the final norm's bias get an exactly-zero gradient (softmax and the projector's
+  # BN are invariant to them): AdamW (eps 1e-8) turns their round-off noise into +-lr steps that differ between
+  # meshes. eps 1e-3 keeps those noise steps negligible and still compares real AdamW updates.
+  out = assert_devices_match('configs/mocov3.py:demo', {**SMALL, 'optimizer.eps': 1e-3})
   assert out['one']['method_state_sums']  # the momentum encoder is compared too
 
 
