@@ -1,0 +1,122 @@
+"""Memory banks: one feature row per training image, addressed by the dataset index (NPID, InterCLR, ODC).
+
+A bank is a [num_records, D] float32 array of L2-normalized features held in `method_state` (a global array like
+any other state: replicated, or row-sharded under FSDP). `batch['index']` says which rows a batch's images own.
+Everything here is pure and jit-able; randomness comes from the caller's key, so under jit the draws do not depend
+on the device count.
+
+Update rule (MMSelfSup's SimpleMemory / InterCLRMemory): row <- normalize((1 - m) * row + m * normalize(feature)),
+`m` being the weight of the NEW feature (m = 0.5 for NPID, m = 1 replaces the row, InterCLR).
+
+Duplicate indices in one global batch (several views of one image, or a sampler drawing with replacement): every
+row is updated once, from the mean of that row's normalized features in the batch. Every duplicate then writes the
+same value, so the result is deterministic and independent of the device count (the reference's scatter with
+duplicate indices keeps an arbitrary one of them).
+"""
+import jax
+import jax.numpy as jnp
+
+
+def l2_normalize(x, axis=-1, eps=1e-12):
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), eps)
+
+
+def init_bank(rng, num_records: int, dim: int):
+  """[num_records, dim] random unit vectors (normal, normalized), as the reference's initial bank."""
+  if num_records <= 0:
+    raise ValueError(f'a memory bank needs the training set size (num_records > 0), got {num_records}')
+  return l2_normalize(jax.random.normal(rng, (num_records, dim), jnp.float32))
+
+
+def sample_uniform(rng, shape, num_records: int, exclude=None):
+  """Indices uniform in [0, num_records) drawn with replacement (the reference's AliasMethod over equal weights).
+
+  exclude: optional int array broadcastable to `shape` (e.g. [B, 1], each row's own index): then each draw is
+  uniform over the other num_records - 1 indices (NPID's ensure_neg), exactly, without rejection loops."""
+  if exclude is None:
+    return jax.random.randint(rng, shape, 0, num_records, dtype=jnp.int32)
+  draw = jax.random.randint(rng, shape, 0, num_records - 1, dtype=jnp.int32)
+  return draw + (draw >= exclude).astype(jnp.int32)
+
+
+def dedup_mean(index, features):
+  """Per batch row, the mean of the rows of `features` whose index equals its own ([B, D]). Rows of a duplicated
+  index get identical values."""
+  same = (index[:, None] == index[None, :]).astype(features.dtype)
+  return (same @ features) / jnp.sum(same, axis=1, keepdims=True)
+
+
+def momentum_update(bank, index, features, momentum):
+  """bank with rows `index` <- normalize((1 - momentum) * row + momentum * normalize(features)); duplicates of an
+  index use the mean of their normalized features (see the module doc). Returns (new bank, the new rows [B, D])."""
+  index = index.astype(jnp.int32)
+  new = dedup_mean(index, l2_normalize(jax.lax.stop_gradient(features).astype(bank.dtype)))
+  rows = l2_normalize((1. - momentum) * bank[index] + momentum * new)
+  return bank.at[index].set(rows), rows
+
+
+# --- clustered banks (InterCLR, ODC): pseudo-labels [N] int32 and centroids [C, D] ---------------------------------
+
+def cluster_sizes(labels, num_clusters: int):
+  return jnp.zeros((num_clusters,), jnp.int32).at[labels].add(1)
+
+
+def compute_centroids(bank, labels, old_centroids):
+  """Mean feature of each cluster (not re-normalized, as the reference); empty clusters keep their old centroid."""
+  num_clusters = old_centroids.shape[0]
+  sums = jax.ops.segment_sum(bank, labels, num_segments=num_clusters)
+  counts = cluster_sizes(labels, num_clusters)
+  return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1)[:, None].astype(bank.dtype), old_centroids)
+
+
+def nearest_centroid(features, centroids):
+  """Label of the centroid with the largest dot product (the reference's argmax of centroids . feature)."""
+  return jnp.argmax(features @ centroids.T, axis=1).astype(jnp.int32)
+
+
+def sample_same_cluster(rng, labels, query_labels):
+  """For each query label, one index drawn uniformly among the bank rows carrying that label ([B] int32).
+
+  Sorts the labels once (O(N log N)), then draws an offset inside each label's run. A label with no row gives an
+  arbitrary index (callers keep clusters non-empty)."""
+  order = jnp.argsort(labels, stable=True).astype(jnp.int32)
+  sorted_labels = labels[order]
+  start = jnp.searchsorted(sorted_labels, query_labels, side='left')
+  end = jnp.searchsorted(sorted_labels, query_labels, side='right')
+  u = jax.random.uniform(rng, query_labels.shape)
+  offset = jnp.minimum(jnp.floor(u * (end - start)).astype(jnp.int32), jnp.maximum(end - start - 1, 0))
+  return order[jnp.clip(start + offset, 0, labels.shape[0] - 1)]
+
+
+def assign(bank, centroids, chunk: int = 65536):
+  """(label, similarity to it) of each bank row by the largest dot product, computed `chunk` rows at a time so that
+  the [N, C] similarities never exist at once (ImageNet: 1.28M x 10,000)."""
+  n = bank.shape[0]
+  if n <= chunk:
+    sims = bank @ centroids.T
+    return jnp.argmax(sims, axis=1).astype(jnp.int32), jnp.max(sims, axis=1)
+  pad = -n % chunk
+  rows = jnp.pad(bank, ((0, pad), (0, 0))).reshape(-1, chunk, bank.shape[1])
+  def one(x):
+    sims = x @ centroids.T
+    return jnp.argmax(sims, axis=1).astype(jnp.int32), jnp.max(sims, axis=1)
+  labels, best = jax.lax.map(one, rows)
+  return labels.reshape(-1)[:n], best.reshape(-1)[:n]
+
+
+def kmeans(bank, centroids, iterations: int):
+  """Lloyd iterations on the bank from `centroids` (dot-product assignment, mean update); an empty cluster is
+  re-seeded with a bank row of lowest similarity to its own centroid (one distinct row per empty cluster).
+  Returns (labels, centroids)."""
+  num_clusters = centroids.shape[0]
+
+  def body(_, cents):
+    labels, own = assign(bank, cents)
+    counts = cluster_sizes(labels, num_clusters)
+    new = compute_centroids(bank, labels, cents)
+    worst = jnp.argsort(own)[:num_clusters]
+    empty_rank = jnp.cumsum(counts == 0) - 1
+    reseed = bank[worst[jnp.clip(empty_rank, 0, worst.shape[0] - 1)]]
+    return jnp.where((counts == 0)[:, None], reseed, new)
+  centroids = jax.lax.fori_loop(0, iterations, body, centroids)
+  return assign(bank, centroids)[0], centroids
