@@ -51,13 +51,15 @@ def get_config(arg=None):
     c.backbone.name = 'resnet18'
     c.backbone.kwargs.num_filters = 32
     c.model.neck_hid_channels = 256
-    # a multiple of the batch, and below the 1,437 training images: a longer queue holds every image's own
-    # older keys as negatives
-    c.model.queue_len = 1024
-    c.model.momentum = 0.99   # a few hundred steps: the key encoder must follow within the run
     c.batch_size = 128
-    c.epochs = 20
-    c.optimizer.lr = 0.3
+    c.epochs = 30
+    # A queue of 4 batches and a 2-epoch warmup: while the queue still holds its random initial rows, the loss only
+    # pulls queries towards their keys (random negatives repel nothing), and a full-lr step then collapses all
+    # features onto one direction, after which the loss sits at ln(K + 1) with vanishing gradients.
+    c.model.queue_len = 512
+    c.model.momentum = 0.99   # a few hundred steps: the key encoder must follow within the run
+    c.optimizer.lr = 0.06
+    c.schedule.warmup_epochs = 2.
   elif arg:
     raise ValueError(f"configs/mocov2.py: unknown variant '{arg}'; valid: demo")
   return c

@@ -39,8 +39,6 @@ def setup(config):
 def torch_moco(config, params, model_state, queue):
   """mmpretrain's MoCo with the jssl method's weights and queue."""
   import torch
-  from mmpretrain.registry import MODELS
-  import mmpretrain.models  # noqa: F401  (registers the modules)
   m = config.model
   width = 8 * config.backbone.kwargs.num_filters
   neck = (dict(type='LinearNeck', in_channels=width, out_channels=m.neck_out_channels, gap_dim=2,
@@ -48,16 +46,15 @@ def torch_moco(config, params, model_state, queue):
           if m.neck == 'linear' else
           dict(type='MoCoV2Neck', in_channels=width, hid_channels=m.neck_hid_channels,
                out_channels=m.neck_out_channels, with_avg_pool=True))
-  model = MODELS.build(dict(
+  model = parity.build_mmpretrain(dict(
       type='MoCo', queue_len=m.queue_len, feat_dim=m.neck_out_channels, momentum=1. - m.momentum,
       backbone=parity.mmpretrain_resnet(config.backbone.name, config.backbone.kwargs), neck=neck,
       head=dict(type='ContrastiveHead', loss=dict(type='CrossEntropyLoss'), temperature=m.temperature)))
   model.backbone.load_state_dict(parity.resnet_state(params['backbone'], model_state['batch_stats']['backbone'],
                                                      config.backbone.name, config.backbone.kwargs))
   model.neck.load_state_dict(neck_state(params['neck'], m.neck))
-  with torch.no_grad():
+  with torch.no_grad():  # the reference's queue starts random too: the same random rows
     model.queue.copy_(torch.from_numpy(np.asarray(queue).T.copy()))
-  model.train()
   return model
 
 
@@ -81,8 +78,9 @@ def test_matches_mmpretrain_moco(version):
   ref_loss = model.loss([v1, v2], None)['loss']
   ref_loss.backward()
   np.testing.assert_allclose(loss, ref_loss.item(), rtol=1e-4)
-  np.testing.assert_allclose(grads['backbone']['conv1']['kernel'],
-                             parity.first_conv_grad_to_jssl(model.backbone.conv1.weight.grad), rtol=2e-3, atol=2e-5)
+  # T = 0.07 (v1) magnifies float32 differences of the two frameworks
+  parity.assert_grads_close(grads['backbone']['conv1']['kernel'],
+                            parity.first_conv_grad_to_jssl(model.backbone.conv1.weight.grad), rtol=1e-3)
 
   # the queue: this batch's keys in rows 0..7, the pointer moved on
   np.testing.assert_allclose(new_method_state['queue'], model.queue.numpy().T, rtol=1e-4, atol=1e-5)
