@@ -4,7 +4,8 @@ MoCoV2Neck 2048-2048-128, InfoNCE at temperature 0.2 against a queue of 65,536 k
 shuffle-BN over 8 groups (the reference's 8 GPUs); two 224 crops (scale 0.2-1) with color jitter (0.4, 0.4, 0.4, 0.1)
 p=0.8, grayscale p=0.2, Gaussian blur sigma 0.1-2.0 p=0.5, horizontal flip.
 
-Variants: `configs/mocov2.py` (ImageNet), `configs/mocov2.py:demo` (embedded digits, ResNet-18, CPU minutes).
+Variants: `configs/mocov2.py` (ImageNet), `configs/mocov2.py:demo` (embedded digits, half-width ResNet-18, 30 epochs,
+queue 512, key momentum 0.99, lr 0.06 after a 2-epoch warmup; CPU minutes).
 """
 from jssl.config import base_config, demo_run, digits_data, imagenet_data
 
