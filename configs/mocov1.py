@@ -1,0 +1,37 @@
+"""MoCo v1, ResNet-50, the reference recipe `mocov1_resnet50_8xb32-steplr-200e_in1k` (MMSelfSup 0.x/1.x):
+batch 256 (8 GPUs x 32), SGD lr 0.03 / momentum 0.9 / weight decay 1e-4, 200 epochs; LinearNeck 2048->128,
+InfoNCE at temperature 0.07 against a queue of 65,536 keys, key encoder momentum 0.999, shuffle-BN over 8 groups;
+two 224 crops (scale 0.2-1) with grayscale p=0.2, then color jitter (0.4, 0.4, 0.4, 0.4) always, horizontal flip.
+
+Schedule: the lr is multiplied by 0.1 at epochs 120 and 160 (the reference's MultiStepLR), no warmup.
+
+Variants: `configs/mocov1.py` (ImageNet), `configs/mocov1.py:demo` (embedded digits, ResNet-18, CPU minutes).
+"""
+from configs import mocov2
+from jssl.config import digits_data, imagenet_data
+
+
+def mocov1_augment():
+  return [
+      dict(type='RandomGrayscale', prob=0.2),
+      dict(type='ColorJitter', brightness=0.4, contrast=0.4, saturation=0.4, hue=0.4, prob=1.0),
+  ]
+
+
+def get_config(arg=None):
+  if arg not in (None, '', 'demo'):
+    raise ValueError(f"configs/mocov1.py: unknown variant '{arg}'; valid: demo")
+  c = mocov2.get_config(arg or None)  # the same method, optimizer and run settings; v1's neck, T and augmentation
+  c.method = 'mocov1'
+  c.model.neck = 'linear'
+  c.model.neck_hid_channels = 0  # unused by the linear neck
+  c.model.temperature = 0.07
+  c.schedule.update({'name': 'step', 'milestones': (120, 160), 'gamma': 0.1})
+  if arg == 'demo':
+    c.schedule.milestones = (18, 24)  # the reference's 120/160 of 200 epochs, over the demo's 30
+    c.data = digits_data(views=[dict(size=32, scale=(0.3, 1.0), interpolation='bilinear', flip_prob=0.0, num=2)],
+                         augment=mocov1_augment(), image_size=32)
+  else:
+    c.data = imagenet_data(views=[dict(size=224, scale=(0.2, 1.0), interpolation='bilinear', flip_prob=0.5, num=2)],
+                           augment=mocov1_augment())
+  return c
