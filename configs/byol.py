@@ -1,0 +1,69 @@
+"""BYOL, ResNet-50, the reference recipe `byol_resnet50_16xb256-coslr-200e_in1k`:
+batch 4096 (16 GPUs x 256), LARS lr 4.8 / momentum 0.9 / weight decay 1e-6 with BN and biases excluded from weight
+decay and adaptation, linear warmup from lr x 1e-4 over 10 epochs then cosine to 0, 200 epochs;
+projector NonLinearNeck 2048-4096-256 (fc biases, no last BN), predictor NonLinearNeck 256-4096-256;
+target momentum 0.99 -> 1 on a cosine schedule over all steps (the reference's `base_momentum=0.01` is
+mmpretrain's CosineEMA `momentum`, the weight of the online network, i.e. 1 - 0.99; the paper's 1000-epoch runs
+use 0.996);
+two 224 crops (bicubic, flip) with color jitter (0.4, 0.4, 0.2, 0.1) p=0.8 and grayscale p=0.2, asymmetric:
+view 1 Gaussian blur p=1.0 and no solarization, view 2 blur p=0.1 and solarization p=0.2.
+
+Variants: `configs/byol.py` (ImageNet), `configs/byol.py:demo` (embedded digits, ResNet-18, CPU minutes).
+"""
+from jssl.config import base_config, demo_run, digits_data, imagenet_data
+
+
+def byol_augment(blur_prob, solarize_prob, blur_kernel):
+  return [
+      dict(type='ColorJitter', brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, prob=0.8),
+      dict(type='RandomGrayscale', prob=0.2),
+      dict(type='GaussianBlur', sigma_min=0.1, sigma_max=2.0, kernel_size=blur_kernel, prob=blur_prob),
+      dict(type='Solarize', threshold=0.5, prob=solarize_prob),  # thr 128 of 255
+  ]
+
+
+def byol_augment_per_view(blur_kernel):
+  return [byol_augment(1.0, 0.0, blur_kernel), byol_augment(0.1, 0.2, blur_kernel)]
+
+
+def get_config(arg=None):
+  c = base_config()
+  c.method = 'byol'
+  c.batch_size = 4096
+  c.epochs = 200
+  c.backbone.name = 'resnet50'
+  c.model.neck_hid_channels = 4096
+  c.model.neck_out_channels = 256
+  c.model.pred_hid_channels = 4096
+  c.model.base_momentum = 0.99
+  c.optimizer.name = 'lars'
+  c.optimizer.lr = 4.8
+  c.optimizer.momentum = 0.9
+  c.optimizer.weight_decay = 1e-6
+  c.optimizer.grad_clip_norm = 0.
+  c.optimizer.grad_accum_steps = 1
+  c.schedule.update({'name': 'cosine', 'warmup_epochs': 10., 'warmup_start_factor': 1e-4, 'min_lr': 0.})
+  views = [dict(size=224, scale=(0.08, 1.0), interpolation='bicubic', flip_prob=0.5, num=2)]
+  # kernel_size 23 ~ 10% of 224; sigma sampled per image
+  c.data = imagenet_data(views=views, augment=[])
+  c.data.augment_per_view = byol_augment_per_view(blur_kernel=23)
+
+  if arg == 'demo':
+    size = 32
+    c.data = digits_data(views=[dict(size=size, scale=(0.3, 1.0), interpolation='bilinear', flip_prob=0.0, num=2)],
+                         augment=[], image_size=size)
+    c.data.augment_per_view = byol_augment_per_view(blur_kernel=3)
+    demo_run(c, size)
+    # ResNet-18 at half width: XLA's CPU convolutions fall off a cliff at 64+ channels on 1x1/2x2 maps
+    c.backbone.name = 'resnet18'
+    c.backbone.kwargs.num_filters = 32
+    c.model.neck_hid_channels = 512
+    c.model.neck_out_channels = 128
+    c.model.pred_hid_channels = 512
+    c.batch_size = 128
+    c.epochs = 30
+    c.optimizer.lr = 0.3  # 2x the linear-scaling lr (4.8 x 128 / 4096), as the Barlow Twins demo; 1.0 did worse
+    c.schedule.warmup_epochs = 2.
+  elif arg:
+    raise ValueError(f"configs/byol.py: unknown variant '{arg}'; valid: demo")
+  return c
