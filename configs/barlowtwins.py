@@ -13,16 +13,7 @@ the global batch as the paper's code (SyncBN).
 
 Variants: `configs/barlowtwins.py` (ImageNet), `configs/barlowtwins.py:demo` (embedded digits, ResNet-18, CPU minutes).
 """
-from jssl.config import base_config, demo_run, digits_data, imagenet_data
-
-
-def byol_augment(blur_prob, solarize_prob, blur_kernel):
-  return [
-      dict(type='ColorJitter', brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, prob=0.8),
-      dict(type='RandomGrayscale', prob=0.2),
-      dict(type='GaussianBlur', sigma_min=0.1, sigma_max=2.0, kernel_size=blur_kernel, prob=blur_prob),
-      dict(type='Solarize', threshold=0.5, prob=solarize_prob),
-  ]
+from jssl.config import base_config, byol_augment, demo_run, digits_data, imagenet_data
 
 
 def get_config(arg=None):

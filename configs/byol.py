@@ -10,20 +10,7 @@ view 1 Gaussian blur p=1.0 and no solarization, view 2 blur p=0.1 and solarizati
 
 Variants: `configs/byol.py` (ImageNet), `configs/byol.py:demo` (embedded digits, ResNet-18, CPU minutes).
 """
-from jssl.config import base_config, demo_run, digits_data, imagenet_data
-
-
-def byol_augment(blur_prob, solarize_prob, blur_kernel):
-  return [
-      dict(type='ColorJitter', brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, prob=0.8),
-      dict(type='RandomGrayscale', prob=0.2),
-      dict(type='GaussianBlur', sigma_min=0.1, sigma_max=2.0, kernel_size=blur_kernel, prob=blur_prob),
-      dict(type='Solarize', threshold=0.5, prob=solarize_prob),  # thr 128 of 255
-  ]
-
-
-def byol_augment_per_view(blur_kernel):
-  return [byol_augment(1.0, 0.0, blur_kernel), byol_augment(0.1, 0.2, blur_kernel)]
+from jssl.config import base_config, byol_augment_per_view, demo_run, digits_data, imagenet_data
 
 
 def get_config(arg=None):

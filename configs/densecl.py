@@ -13,15 +13,7 @@ the authors' code and MMSelfSup 0.x use the 1,000-iteration warmup, which is the
 
 Variants: `configs/densecl.py` (ImageNet), `configs/densecl.py:demo` (embedded digits, ResNet-18, CPU minutes).
 """
-from jssl.config import base_config, demo_run, digits_data, imagenet_data
-
-
-def mocov2_augment(blur_kernel):
-  return [
-      dict(type='ColorJitter', brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, prob=0.8),
-      dict(type='RandomGrayscale', prob=0.2),
-      dict(type='GaussianBlur', sigma_min=0.1, sigma_max=2.0, kernel_size=blur_kernel, prob=0.5),
-  ]
+from jssl.config import base_config, demo_run, digits_data, imagenet_data, mocov2_augment
 
 
 def get_config(arg=None):

@@ -8,14 +8,7 @@ Schedule: the lr is multiplied by 0.1 at epochs 120 and 160 (the reference's Mul
 Variants: `configs/mocov1.py` (ImageNet), `configs/mocov1.py:demo` (embedded digits, ResNet-18, CPU minutes).
 """
 from configs import mocov2
-from jssl.config import digits_data, imagenet_data
-
-
-def mocov1_augment():
-  return [
-      dict(type='RandomGrayscale', prob=0.2),
-      dict(type='ColorJitter', brightness=0.4, contrast=0.4, saturation=0.4, hue=0.4, prob=1.0),
-  ]
+from jssl.config import digits_data, imagenet_data, mocov1_augment
 
 
 def get_config(arg=None):

@@ -7,15 +7,7 @@ p=0.8, grayscale p=0.2, Gaussian blur sigma 0.1-2.0 p=0.5, horizontal flip.
 Variants: `configs/mocov2.py` (ImageNet), `configs/mocov2.py:demo` (embedded digits, half-width ResNet-18, 30 epochs,
 queue 512, key momentum 0.99, lr 0.06 after a 2-epoch warmup; CPU minutes).
 """
-from jssl.config import base_config, demo_run, digits_data, imagenet_data
-
-
-def mocov2_augment(blur_kernel):
-  return [
-      dict(type='ColorJitter', brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, prob=0.8),
-      dict(type='RandomGrayscale', prob=0.2),
-      dict(type='GaussianBlur', sigma_min=0.1, sigma_max=2.0, kernel_size=blur_kernel, prob=0.5),
-  ]
+from jssl.config import base_config, demo_run, digits_data, imagenet_data, mocov2_augment
 
 
 def get_config(arg=None):

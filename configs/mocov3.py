@@ -20,16 +20,7 @@ the reference's 'mocov3-small' ViT-S has 12 heads), `:resnet50` (`mocov3_resnet5
 LARS lr 9.6, wd 1e-6, T = 1.0, 2-layer projector 2048-4096-256 and a predictor without last BN, crops of scale
 0.2-1, 10 warmup epochs of 100), `:demo` (embedded digits, a small ViT with 4-px patches, CPU minutes).
 """
-from jssl.config import base_config, demo_run, digits_data, imagenet_data
-
-
-def byol_augment(blur_prob, solarize_prob, blur_kernel):
-  return [
-      dict(type='ColorJitter', brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, prob=0.8),
-      dict(type='RandomGrayscale', prob=0.2),
-      dict(type='GaussianBlur', sigma_min=0.1, sigma_max=2.0, kernel_size=blur_kernel, prob=blur_prob),
-      dict(type='Solarize', threshold=0.5, prob=solarize_prob),
-  ]
+from jssl.config import base_config, byol_augment, demo_run, digits_data, imagenet_data
 
 
 def mocov3_data(size, scale, blur_kernel, digits=False):

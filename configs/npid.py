@@ -7,12 +7,7 @@ training image, momentum 0.5; 65,536 negatives per image drawn uniformly from th
 
 Variants: `configs/npid.py` (ImageNet), `configs/npid.py:demo` (embedded digits, ResNet-18, CPU minutes).
 """
-from jssl.config import base_config, demo_run, digits_data, imagenet_data
-
-NPID_AUGMENT = [
-    dict(type='RandomGrayscale', prob=0.2),
-    dict(type='ColorJitter', brightness=0.4, contrast=0.4, saturation=0.4, hue=0.4, prob=1.0),
-]
+from jssl.config import base_config, demo_run, digits_data, imagenet_data, mocov1_augment
 
 
 def get_config(arg=None):
@@ -35,12 +30,12 @@ def get_config(arg=None):
   c.optimizer.grad_accum_steps = 1
   c.schedule.update({'name': 'step', 'warmup_epochs': 0., 'milestones': [120, 160], 'gamma': 0.1})
   c.data = imagenet_data(views=[dict(size=224, scale=(0.2, 1.0), interpolation='bilinear', flip_prob=0.5, num=1)],
-                         augment=NPID_AUGMENT)
+                         augment=mocov1_augment())
 
   if arg == 'demo':
     size = 32
     c.data = digits_data(views=[dict(size=size, scale=(0.3, 1.0), interpolation='bilinear', flip_prob=0.0, num=1)],
-                         augment=NPID_AUGMENT, image_size=size)
+                         augment=mocov1_augment(), image_size=size)
     demo_run(c, size)
     # ResNet-18 at half width: XLA's CPU convolutions fall off a cliff at 64+ channels on 1x1/2x2 maps
     c.backbone.name = 'resnet18'

@@ -6,15 +6,7 @@ Gaussian blur sigma 0.1-2.0 p=0.5.
 
 Variants: `configs/simclr.py` (ImageNet), `configs/simclr.py:demo` (embedded digits, ResNet-18, CPU minutes).
 """
-from jssl.config import base_config, demo_run, digits_data, imagenet_data
-
-
-def simclr_augment(blur_kernel):
-  return [
-      dict(type='ColorJitter', brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2, prob=0.8),
-      dict(type='RandomGrayscale', prob=0.2),
-      dict(type='GaussianBlur', sigma_min=0.1, sigma_max=2.0, kernel_size=blur_kernel, prob=0.5),
-  ]
+from jssl.config import base_config, demo_run, digits_data, imagenet_data, simclr_augment
 
 
 def get_config(arg=None):

@@ -7,15 +7,7 @@ NonLinearNeck 2048-512-2048 (last fc with bias, no last BN); two 224 crops (scal
 
 Variants: `configs/simsiam.py` (ImageNet), `configs/simsiam.py:demo` (embedded digits, ResNet-18, CPU minutes).
 """
-from jssl.config import base_config, demo_run, digits_data, imagenet_data
-
-
-def simsiam_augment(blur_kernel):
-  return [
-      dict(type='ColorJitter', brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, prob=0.8),
-      dict(type='RandomGrayscale', prob=0.2),
-      dict(type='GaussianBlur', sigma_min=0.1, sigma_max=2.0, kernel_size=blur_kernel, prob=0.5),
-  ]
+from jssl.config import base_config, demo_run, digits_data, imagenet_data, mocov2_augment
 
 
 def get_config(arg=None):
@@ -39,12 +31,12 @@ def get_config(arg=None):
   c.schedule.update({'name': 'cosine', 'warmup_epochs': 0., 'min_lr': 0.})
   # kernel_size 23 ~ 10% of 224; sigma sampled per image
   c.data = imagenet_data(views=[dict(size=224, scale=(0.2, 1.0), interpolation='bilinear', flip_prob=0.5, num=2)],
-                         augment=simsiam_augment(blur_kernel=23))
+                         augment=mocov2_augment(blur_kernel=23))
 
   if arg == 'demo':
     size = 32
     c.data = digits_data(views=[dict(size=size, scale=(0.3, 1.0), interpolation='bilinear', flip_prob=0.0, num=2)],
-                         augment=simsiam_augment(blur_kernel=3), image_size=size)
+                         augment=mocov2_augment(blur_kernel=3), image_size=size)
     demo_run(c, size)
     # ResNet-18 at half width: XLA's CPU convolutions fall off a cliff at 64+ channels on 1x1/2x2 maps
     c.backbone.name = 'resnet18'

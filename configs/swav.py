@@ -10,15 +10,7 @@ iteration, no warmup (the SwAV config replaces the base schedule's warmup + cosi
 
 Variants: `configs/swav.py` (ImageNet), `configs/swav.py:demo` (embedded digits, ResNet-18, CPU minutes).
 """
-from jssl.config import base_config, demo_run, digits_data, imagenet_data
-
-
-def swav_augment(blur_kernel):
-  return [
-      dict(type='ColorJitter', brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2, prob=0.8),
-      dict(type='RandomGrayscale', prob=0.2),
-      dict(type='GaussianBlur', sigma_min=0.1, sigma_max=2.0, kernel_size=blur_kernel, prob=0.5),
-  ]
+from jssl.config import base_config, demo_run, digits_data, imagenet_data, simclr_augment
 
 
 def get_config(arg=None):
@@ -50,13 +42,13 @@ def get_config(arg=None):
   # PIL's GaussianBlur(radius=sigma) in the reference: a 23-tap kernel covers sigma <= 2 on both crop sizes
   views = [dict(size=224, scale=(0.14, 1.0), interpolation='bilinear', flip_prob=0.5, num=2),
            dict(size=96, scale=(0.05, 0.14), interpolation='bilinear', flip_prob=0.5, num=6)]
-  c.data = imagenet_data(views=views, augment=swav_augment(blur_kernel=23))
+  c.data = imagenet_data(views=views, augment=simclr_augment(blur_kernel=23))
 
   if arg == 'demo':
     size = 32
     views = [dict(size=size, scale=(0.3, 1.0), interpolation='bilinear', flip_prob=0.0, num=2),
              dict(size=16, scale=(0.1, 0.3), interpolation='bilinear', flip_prob=0.0, num=4)]
-    c.data = digits_data(views=views, augment=swav_augment(blur_kernel=3), image_size=size)
+    c.data = digits_data(views=views, augment=simclr_augment(blur_kernel=3), image_size=size)
     demo_run(c, size)
     # ResNet-18 at half width: XLA's CPU convolutions fall off a cliff at 64+ channels on 1x1/2x2 maps
     c.backbone.name = 'resnet18'

@@ -59,6 +59,50 @@ def digits_data(views, augment, image_size=32) -> ml_collections.ConfigDict:
   })
 
 
+# --- the augmentation recipes of the reference configs (on-device ops, after the host's crop + flip) -----------
+# kernel_size: the blur kernel, ~10% of the crop (23 at 224); sigma is sampled per image.
+
+def simclr_augment(blur_kernel):
+  """SimCLR, SwAV: strong color jitter (0.8, 0.8, 0.8, 0.2) p=0.8, grayscale p=0.2, blur p=0.5."""
+  return [
+      dict(type='ColorJitter', brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2, prob=0.8),
+      dict(type='RandomGrayscale', prob=0.2),
+      dict(type='GaussianBlur', sigma_min=0.1, sigma_max=2.0, kernel_size=blur_kernel, prob=0.5),
+  ]
+
+
+def mocov2_augment(blur_kernel):
+  """MoCo v2, SimSiam, DenseCL: color jitter (0.4, 0.4, 0.4, 0.1) p=0.8, grayscale p=0.2, blur p=0.5."""
+  return [
+      dict(type='ColorJitter', brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, prob=0.8),
+      dict(type='RandomGrayscale', prob=0.2),
+      dict(type='GaussianBlur', sigma_min=0.1, sigma_max=2.0, kernel_size=blur_kernel, prob=0.5),
+  ]
+
+
+def mocov1_augment():
+  """MoCo v1, NPID: grayscale p=0.2, then color jitter (0.4, 0.4, 0.4, 0.4) always."""
+  return [
+      dict(type='RandomGrayscale', prob=0.2),
+      dict(type='ColorJitter', brightness=0.4, contrast=0.4, saturation=0.4, hue=0.4, prob=1.0),
+  ]
+
+
+def byol_augment(blur_prob, solarize_prob, blur_kernel):
+  """BYOL's view pipeline: color jitter (0.4, 0.4, 0.2, 0.1) p=0.8, grayscale p=0.2, blur, solarize (threshold 128)."""
+  return [
+      dict(type='ColorJitter', brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, prob=0.8),
+      dict(type='RandomGrayscale', prob=0.2),
+      dict(type='GaussianBlur', sigma_min=0.1, sigma_max=2.0, kernel_size=blur_kernel, prob=blur_prob),
+      dict(type='Solarize', threshold=0.5, prob=solarize_prob),
+  ]
+
+
+def byol_augment_per_view(blur_kernel):
+  """BYOL, Barlow Twins, MoCo v3: asymmetric views, blur p=1.0 / solarize 0 and blur p=0.1 / solarize p=0.2."""
+  return [byol_augment(1.0, 0.0, blur_kernel), byol_augment(0.1, 0.2, blur_kernel)]
+
+
 def demo_run(c: ml_collections.ConfigDict, image_size: int) -> None:
   """Run-level settings of every ':demo' variant: minutes on a 2-core CPU."""
   c.log_every = 10
