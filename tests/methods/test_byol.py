@@ -188,10 +188,12 @@ def test_byol_eight_devices_and_fsdp_match_one_device():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_byol_killed_run_resumes_to_identical_params_and_target(tmp_path):
   assert_resume_exact(tmp_path, 'configs/byol.py:demo', {**SMALL, 'batch_size': 64, 'total_steps': 30})
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_byol_demo(tmp_path):
   check_demo(tmp_path, 'configs/byol.py:demo')

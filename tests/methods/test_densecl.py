@@ -212,6 +212,7 @@ def test_eight_devices_and_fsdp_match_one_device():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_killed_run_resumes_to_identical_params(tmp_path):
   from tests.train.test_resume import assert_resume_exact
   # 10 steps, killed after 6, resumed from the step-4 checkpoint (after the 3-step lambda warmup; the queues of 256
@@ -221,6 +222,7 @@ def test_killed_run_resumes_to_identical_params(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_demo_writes_everything(tmp_path):
   from tests.test_demo import check_demo
   check_demo(tmp_path, 'configs/densecl.py:demo')

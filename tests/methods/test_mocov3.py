@@ -251,12 +251,14 @@ def test_eight_devices_and_fsdp_match_one_device():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_killed_run_resumes_exactly(tmp_path):
   from tests.train.test_resume import assert_resume_exact
   assert_resume_exact(tmp_path, 'configs/mocov3.py:demo', {**SMALL, 'batch_size': 64, 'total_steps': 30})
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_demo(tmp_path):
   from tests.test_demo import check_demo
   check_demo(tmp_path, 'configs/mocov3.py:demo')
