@@ -88,3 +88,23 @@ def assert_grads_close(got, ref, rtol=1e-4):
   assert np.linalg.norm(got - ref) <= rtol * np.linalg.norm(ref), np.linalg.norm(got - ref) / np.linalg.norm(ref)
   np.testing.assert_allclose(got, ref, rtol=0, atol=10 * rtol * np.abs(ref).max())
   assert np.abs(ref).max() > 0
+
+
+def load_backbone_and_neck(ref, params, batch_stats, backbone_name, backbone_kwargs, allow_missing=()):
+  """Copies a jssl BackboneNeck (ResNet + NonLinearNeck) into an mmpretrain algorithm's backbone and neck; every
+  reference key must be filled except num_batches_tracked and those starting with `allow_missing`."""
+  state = {**{f'backbone.{k}': v for k, v in resnet_state(params['backbone'], batch_stats['backbone'], backbone_name,
+                                                          backbone_kwargs).items()},
+           **nonlinear_neck_state(params['neck'], batch_stats['neck'])}
+  missing, unexpected = ref.load_state_dict(state, strict=False)
+  assert not unexpected and all(k.endswith('num_batches_tracked') or k.startswith(tuple(allow_missing))
+                                for k in missing), (missing, unexpected)
+
+
+def assert_loss_and_stem_grad_match(ref, views, loss, grads):
+  """mmpretrain's loss on the same NHWC views equals `loss` (1e-4 relative), and its stem conv's gradient equals
+  jssl's grads['backbone']['conv1']['kernel']."""
+  ref_loss = ref.loss([nhwc_to_torch(v) for v in views], None)['loss']
+  ref_loss.backward()
+  np.testing.assert_allclose(loss, ref_loss.item(), rtol=1e-4)
+  assert_grads_close(grads['backbone']['conv1']['kernel'], first_conv_grad_to_jssl(ref.backbone.conv1.weight.grad))

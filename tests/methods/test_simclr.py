@@ -34,7 +34,6 @@ def test_simclr_loss_is_nt_xent_of_projections_and_bn_spans_both_views():
 
 def test_simclr_matches_mmpretrain_loss_and_first_conv_gradient():
   """Same weights and views in mmpretrain 1.2's SimCLR (world size 1): loss and the gradient of the stem conv."""
-  import torch
   from tests import parity
   c = get_config('demo')
   c.backbone.kwargs.num_filters = 8
@@ -53,14 +52,5 @@ def test_simclr_matches_mmpretrain_loss_and_first_conv_gradient():
       neck=dict(type='NonLinearNeck', in_channels=64, hid_channels=32, out_channels=16, num_layers=2,
                 with_avg_pool=True, norm_cfg=dict(type='BN1d')),
       head=dict(type='ContrastiveHead', loss=dict(type='CrossEntropyLoss'), temperature=0.1)))
-  stats = model_state['batch_stats']
-  state = {**{f'backbone.{k}': v for k, v in parity.resnet_state(params['backbone'], stats['backbone'], 'resnet18',
-                                                                   c.backbone.kwargs).items()},
-           **parity.nonlinear_neck_state(params['neck'], stats['neck'])}
-  missing, unexpected = ref.load_state_dict(state, strict=False)
-  assert not unexpected and all(k.endswith('num_batches_tracked') for k in missing), (missing, unexpected)
-  ref_loss = ref.loss([parity.nhwc_to_torch(v1), parity.nhwc_to_torch(v2)], None)['loss']
-  ref_loss.backward()
-  np.testing.assert_allclose(loss, ref_loss.item(), rtol=1e-4)
-  parity.assert_grads_close(grads['backbone']['conv1']['kernel'],
-                            parity.first_conv_grad_to_jssl(ref.backbone.conv1.weight.grad))
+  parity.load_backbone_and_neck(ref, params, model_state['batch_stats'], 'resnet18', c.backbone.kwargs)
+  parity.assert_loss_and_stem_grad_match(ref, (v1, v2), loss, grads)
