@@ -28,6 +28,12 @@ _BACKBONE = flags.DEFINE_string('backbone', None, 'Benchmark this backbone alone
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Input size for --backbone.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 8, 'Global batch for --backbone.')
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype for --backbone.')
+_NUM_RECORDS = flags.DEFINE_integer(
+    'num_records', None, 'Training-set size the method is built for (memory banks such as NPID\'s and InterCLR\'s '
+    'hold a row per image; epoch-based schedules). Default: the embedded dataset\'s size for data.name=digits, '
+    'else ImageNet-1k\'s 1,281,167 (the reference recipes\' dataset).')
+
+IMAGENET_TRAIN_RECORDS = 1281167
 
 # Dense peak FLOP/s per chip for bf16 (fp32 on CPU is not listed: MFU is not reported there).
 PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'TPU v4': 275e12, 'TPU v5 lite': 197e12,
@@ -51,13 +57,21 @@ def synthetic_batch(config, mesh, seed=0):
   return to_global(per_host, mesh)
 
 
-def benchmark(config, steps=5):
+def default_num_records(config):
+  if config.data.name == 'digits':  # embedded: cheap to count
+    from jssl.data import sources
+    return len(sources.build_source(config.data, 'train'))
+  return IMAGENET_TRAIN_RECORDS
+
+
+def benchmark(config, steps=5, num_records=None):
   from jssl.train.loop import Trainer
-  trainer = Trainer(config, workdir=None, num_records=max(config.batch_size * 1000, 1))
+  num_records = default_num_records(config) if num_records is None else num_records
+  trainer = Trainer(config, workdir=None, num_records=num_records)
   state = trainer.init_state(jax.random.PRNGKey(config.seed))
   batch = synthetic_batch(config, trainer.mesh)
   head = {'config_method': config.method, 'backbone': config.backbone.name, 'batch_size': config.batch_size,
-          'dtype': config.dtype}
+          'dtype': config.dtype, 'num_records': num_records}
   return time_step(trainer.train_step, state, batch, config.batch_size, steps, head)
 
 
@@ -148,7 +162,9 @@ def main(argv):
       check_config(config)
     except ConfigError as e:
       fail(str(e))
-    result = benchmark(config, _STEPS.value)
+    if _NUM_RECORDS.value is not None and _NUM_RECORDS.value <= 0:
+      fail(f'--num_records must be positive, got {_NUM_RECORDS.value}')
+    result = benchmark(config, _STEPS.value, _NUM_RECORDS.value)
   for k, v in result.items():
     print(f'{k:28s} {v}')
   if _JSON.value:

@@ -38,3 +38,4 @@ def test_bench_reports_figures(tmp_path):
   result = json.loads(out.read_text())
   assert result['ms_per_step'] > 0 and result['img_per_s'] > 0 and result['gflops_per_step'] > 0
   assert result['compiled_memory_mb']['temporaries'] > 0
+  assert result['num_records'] == 1437  # the embedded digits' training split, counted (--num_records overrides)
