@@ -48,10 +48,13 @@ def device_peak_flops(device):
   return None
 
 
-def synthetic_batch(config, mesh, seed=0):
+def synthetic_batch(config, mesh, num_records, seed=0):
+  """Random uint8 views plus what the loader adds: distinct dataset indices (memory banks) and labels."""
   from jssl.train.loop import example_batch
   rng = np.random.default_rng(seed)
   batch = jax.tree.map(lambda s: rng.integers(0, 256, s.shape, dtype=np.uint8), example_batch(config))
+  batch['index'] = rng.choice(num_records, config.batch_size, replace=num_records < config.batch_size)
+  batch['label'] = np.full((config.batch_size,), -1, np.int32)
   per_host = jax.tree.map(lambda x: x[:x.shape[0] // jax.process_count()], batch)
   from jssl.data.loader import to_global
   return to_global(per_host, mesh)
@@ -69,7 +72,7 @@ def benchmark(config, steps=5, num_records=None):
   num_records = default_num_records(config) if num_records is None else num_records
   trainer = Trainer(config, workdir=None, num_records=num_records)
   state = trainer.init_state(jax.random.PRNGKey(config.seed))
-  batch = synthetic_batch(config, trainer.mesh)
+  batch = synthetic_batch(config, trainer.mesh, num_records)
   head = {'config_method': config.method, 'backbone': config.backbone.name, 'batch_size': config.batch_size,
           'dtype': config.dtype, 'num_records': num_records}
   return time_step(trainer.train_step, state, batch, config.batch_size, steps, head)

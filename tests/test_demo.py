@@ -33,9 +33,10 @@ def test_demo_writes_everything(tmp_path, config):
 @pytest.mark.slow
 def test_bench_reports_figures(tmp_path):
   out = tmp_path / 'bench.json'
-  run_python(['-m', 'jssl.bench', '--config=configs/mae.py:demo', '--config.batch_size=16', '--steps=2',
+  # NPID: the synthetic batch must carry dataset indices for its memory bank
+  run_python(['-m', 'jssl.bench', '--config=configs/npid.py:demo', '--config.batch_size=16', '--steps=2',
               f'--json={out}'])
   result = json.loads(out.read_text())
   assert result['ms_per_step'] > 0 and result['img_per_s'] > 0 and result['gflops_per_step'] > 0
   assert result['compiled_memory_mb']['temporaries'] > 0
-  assert result['num_records'] == 1437  # the embedded digits' training split, counted (--num_records overrides)
+  assert result['num_records'] == 1438  # the embedded digits' training split, counted (--num_records overrides)
