@@ -1,12 +1,25 @@
 """Shared test helpers. Tests run from the repo root (`python -m pytest`), 1 CPU device in-process; anything
 multi-device or multi-process runs in a subprocess with its own XLA_FLAGS."""
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_xla_cache = []
+
+
+def xla_cache_dir():
+  """One XLA compilation cache per test process (xdist worker), shared by its subprocesses: a resume test's
+  killed, resumed and uninterrupted runs compile the same step once instead of three times. Removed at exit."""
+  if not _xla_cache:
+    _xla_cache.append(tempfile.mkdtemp(prefix='jssl-test-xla-cache-'))
+    atexit.register(shutil.rmtree, _xla_cache[0], ignore_errors=True)
+  return _xla_cache[0]
 
 
 def run_python(code_or_args, devices=1, env=None, timeout=900, check=True):
@@ -15,6 +28,7 @@ def run_python(code_or_args, devices=1, env=None, timeout=900, check=True):
   full_env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
   full_env['PYTHONPATH'] = ROOT + os.pathsep + full_env.get('PYTHONPATH', '')
   full_env.setdefault('JAX_PLATFORMS', 'cpu')
+  full_env.setdefault('JAX_COMPILATION_CACHE_DIR', xla_cache_dir())
   full_env.update(env or {})
   args = [sys.executable, '-c', code_or_args] if isinstance(code_or_args, str) else [sys.executable] + code_or_args
   proc = subprocess.run(args, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)

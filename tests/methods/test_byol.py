@@ -194,6 +194,5 @@ def test_byol_killed_run_resumes_to_identical_params_and_target(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.heavy
 def test_byol_demo(tmp_path):
   check_demo(tmp_path, 'configs/byol.py:demo')

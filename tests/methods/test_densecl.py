@@ -222,7 +222,6 @@ def test_killed_run_resumes_to_identical_params(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.heavy
 def test_demo_writes_everything(tmp_path):
   from tests.test_demo import check_demo
   check_demo(tmp_path, 'configs/densecl.py:demo')

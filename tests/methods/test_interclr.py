@@ -172,6 +172,5 @@ def test_interclr_resumes_exactly(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.heavy
 def test_interclr_demo(tmp_path):
   check_demo(tmp_path, 'configs/interclr.py:demo')

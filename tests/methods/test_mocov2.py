@@ -182,7 +182,6 @@ def test_killed_run_resumes_to_identical_params(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.heavy
 @pytest.mark.parametrize('config', ['configs/mocov2.py:demo', 'configs/mocov1.py:demo'])
 def test_demo(tmp_path, config):
   from tests.test_demo import check_demo

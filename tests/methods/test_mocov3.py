@@ -258,7 +258,6 @@ def test_killed_run_resumes_exactly(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.heavy
 def test_demo(tmp_path):
   from tests.test_demo import check_demo
   check_demo(tmp_path, 'configs/mocov3.py:demo')

@@ -113,6 +113,5 @@ def test_npid_resumes_exactly(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.heavy
 def test_npid_demo(tmp_path):
   check_demo(tmp_path, 'configs/npid.py:demo')

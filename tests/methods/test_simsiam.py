@@ -143,6 +143,5 @@ def test_simsiam_killed_run_resumes_to_identical_params(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.heavy
 def test_simsiam_demo(tmp_path):
   check_demo(tmp_path, 'configs/simsiam.py:demo')

@@ -241,7 +241,6 @@ def test_killed_run_resumes_to_identical_params(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.heavy
 def test_demo(tmp_path):
   check_demo(tmp_path, 'configs/swav.py:demo')
 
