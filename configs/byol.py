@@ -51,6 +51,7 @@ def get_config(arg=None):
     c.epochs = 30
     c.optimizer.lr = 0.3  # 2x the linear-scaling lr (4.8 x 128 / 4096), as the Barlow Twins demo; 1.0 did worse
     c.schedule.warmup_epochs = 2.
+    c.model.base_momentum = 0.9  # a few hundred steps: the target must follow within the run (0.97/0.99 did worse)
   elif arg:
     raise ValueError(f"configs/byol.py: unknown variant '{arg}'; valid: demo")
   return c

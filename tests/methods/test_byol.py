@@ -48,7 +48,7 @@ def views(n=4, size=32, seed=0):
 
 
 def test_byol_symmetric_loss_target_copy_and_cosine_momentum_ema():
-  method = small_method(total_steps=10)
+  method = small_method(total_steps=10, base_momentum=0.99)  # the recipe's
   v1, v2 = views()
   batch = {'views': (v1, v2)}
   params, model_state, method_state = jax.jit(method.init)(jax.random.key(0), batch)

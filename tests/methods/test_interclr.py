@@ -167,6 +167,7 @@ def test_interclr_eight_devices_match_one_device():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # NPID's resume test covers the bank, MoCo v2's the queue and key encoder
 def test_interclr_resumes_exactly(tmp_path):
   assert_resume_exact(tmp_path, 'configs/interclr.py:demo', {**SMALL, 'batch_size': 64, 'total_steps': 30})
 
