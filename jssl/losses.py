@@ -64,6 +64,13 @@ def negative_cosine_similarity(pred, target):
                            axis=-1))
 
 
+def contrastive_head_loss(pos, neg, temperature):
+  """MMSelfSup's ContrastiveHead: cross-entropy over [pos, neg] / T with the positive at index 0, batch mean.
+  pos: [B, 1] or [B]; neg: [B, K]."""
+  logits = jnp.concatenate([pos.reshape(-1, 1), neg], axis=1) / temperature
+  return optax.softmax_cross_entropy_with_integer_labels(logits, jnp.zeros(logits.shape[0], jnp.int32)).mean()
+
+
 def info_nce(q, k, queue, temperature):
   """MoCo's InfoNCE (MMSelfSup ContrastiveHead): logits [q.k, q.queue] / T, the positive at index 0.
 
@@ -71,10 +78,7 @@ def info_nce(q, k, queue, temperature):
   """
   q = l2_normalize(q.astype(jnp.float32))
   k = l2_normalize(k.astype(jnp.float32))
-  positive = jnp.sum(q * k, axis=-1, keepdims=True)
-  negatives = q @ queue.astype(jnp.float32).T
-  logits = jnp.concatenate([positive, negatives], axis=1) / temperature
-  return optax.softmax_cross_entropy_with_integer_labels(logits, jnp.zeros(q.shape[0], jnp.int32)).mean()
+  return contrastive_head_loss(jnp.sum(q * k, axis=-1), q @ queue.astype(jnp.float32).T, temperature)
 
 
 def sinkhorn_knopp(scores, num_iters=3, epsilon=0.05):

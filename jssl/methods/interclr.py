@@ -37,7 +37,6 @@ import jax.numpy as jnp
 
 from jssl import losses
 from jssl.methods.base import BackboneNeck, compute_dtype
-from jssl.methods.npid import contrastive_loss
 from jssl.models import build_backbone
 from jssl.models.necks import MoCoV2Neck
 from jssl.models.shuffle_bn import shuffled_group_bn
@@ -119,7 +118,7 @@ class Method:
     pos_idx, neg_idx = self.inter_samples(q, method_state, index, rng)
     pos = jnp.sum(bank[pos_idx] * q, axis=-1)
     neg = jnp.einsum('bkd,bd->bk', bank[neg_idx], q)
-    return contrastive_loss(pos - self.m.inter_cos_margin, neg, self.m.temperature)
+    return losses.contrastive_head_loss(pos - self.m.inter_cos_margin, neg, self.m.temperature)
 
   def loss(self, params, model_state, method_state, batch, rng, step):
     m = self.m

@@ -17,19 +17,12 @@ training set's size (Trainer passes it to Method). Backbone BN runs over the glo
 """
 import jax
 import jax.numpy as jnp
-import optax
 
+from jssl import losses
 from jssl.methods.base import BackboneNeck, compute_dtype
 from jssl.models import build_backbone
 from jssl.models.necks import LinearNeck
 from jssl.train import memory
-
-
-def contrastive_loss(pos, neg, temperature):
-  """MMSelfSup's ContrastiveHead: cross-entropy over [pos, neg] / T with the positive at index 0, batch mean.
-  pos: [B, 1] or [B]; neg: [B, K]."""
-  logits = jnp.concatenate([pos.reshape(-1, 1), neg], axis=1) / temperature
-  return optax.softmax_cross_entropy_with_integer_labels(logits, jnp.zeros(logits.shape[0], jnp.int32)).mean()
 
 
 class Method:
@@ -67,7 +60,7 @@ class Method:
     bank = method_state['memory']
     pos = jnp.sum(bank[index] * f, axis=-1)
     neg = jnp.einsum('bkd,bd->bk', bank[self.negatives(rng, index)], f)
-    loss = contrastive_loss(pos, neg, self.temperature)
+    loss = losses.contrastive_head_loss(pos, neg, self.temperature)
     bank, _ = memory.momentum_update(bank, index, f, self.memory_momentum)
     return loss, ({'loss': loss}, dict(new_model_state), {**method_state, 'memory': bank})
 
