@@ -1,7 +1,8 @@
-"""The same global batch gives the same loss, gradients and step on 1 device, 8 data-parallel devices and a
-2 x 4 data x fsdp mesh with sharded parameters (8 simulated CPU devices, in a subprocess).
+"""The same global batch gives the same loss, gradients and step on 1 device and on 8 simulated CPU devices (in a
+subprocess): a 2 x 4 data x fsdp mesh with the batch over all 8 devices and sharded parameters, and for CASES below
+(the first methods) also 8 data-parallel devices with replicated parameters.
 
-Each method's own test file calls `assert_devices_match(config, overrides)`; CASES below covers the first methods."""
+Each method's own test file calls `assert_devices_match(config, overrides)` (the FSDP mesh)."""
 import json
 
 import numpy as np
