@@ -4,6 +4,7 @@ backbone's forward + backward.
   python -m jssl.bench --config=configs/simclr.py:demo
   python -m jssl.bench --config=configs/mae.py --config.batch_size=8 --steps=3
   python -m jssl.bench --backbone=resnet50 --image_size=224 --batch_size=8 [--dtype=bfloat16]
+  python -m jssl.bench --kmeans=100000,2048,256,1000      # DeepCluster's clustering: N, D in, PCA dim, k
 
 Prints compile time, ms/step, img/s, FLOPs per step (XLA cost analysis), achieved TFLOP/s and MFU when the
 device's peak is known, and memory (XLA's compiled memory analysis; the allocator's peak on GPU/TPU).
@@ -28,6 +29,11 @@ _BACKBONE = flags.DEFINE_string('backbone', None, 'Benchmark this backbone alone
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Input size for --backbone.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 8, 'Global batch for --backbone.')
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype for --backbone.')
+_KMEANS = flags.DEFINE_string(
+    'kmeans', None, 'Benchmark the epoch-level clustering instead: "N,D_IN,D,K" random features [N, D_IN] over all '
+    'devices, PCA-whitened to D, one Lloyd iteration of k-means with K clusters (timed after a warm-up); prints '
+    'the time of each part and extrapolates DeepCluster\'s ImageNet case (1,281,167 x 256, k=10,000, 20 '
+    'iterations) by N * K * D.')
 _NUM_RECORDS = flags.DEFINE_integer(
     'num_records', None, 'Training-set size the method is built for (memory banks such as NPID\'s and InterCLR\'s '
     'hold a row per image; epoch-based schedules). Default: the embedded dataset\'s size for data.name=digits, '
@@ -150,11 +156,50 @@ def time_step(step_fn, state, batch, batch_size, steps, head):
   return result
 
 
+def benchmark_kmeans(n, d_in, d, k, iterations=20, repeats=3):
+  """Seconds for PCA whitening and for one k-means iteration on [n, d_in] random features over all devices."""
+  from jssl.train import clustering
+  mesh = sharding.make_mesh()
+  rows = clustering.row_sharding(mesh)
+  n = -(-n // mesh.size) * mesh.size
+  x = jax.jit(lambda key: jax.random.normal(key, (n, d_in), jnp.float32), out_shardings=rows)(jax.random.key(0))
+  valid = jax.device_put(jnp.ones((n,), bool), sharding.batch_sharding(mesh))
+
+  def timed(fn):
+    jax.block_until_ready(fn())  # compile + warm-up
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+      out = jax.block_until_ready(fn())
+    return (time.perf_counter() - t0) / repeats, out
+
+  pca_s, y = timed(lambda: clustering.pca_whiten(x, valid, dim=d))
+  init = clustering.init_centroids(jax.random.key(1), y, valid, k)
+  # kmeans with 1 vs 2 iterations: the difference is one Lloyd iteration (the final assignment pass is common)
+  one_s, _ = timed(lambda: clustering.kmeans(y, valid, init, 1, mesh))
+  two_s, _ = timed(lambda: clustering.kmeans(y, valid, init, 2, mesh))
+  iter_s = max(two_s - one_s, 0.)
+  full = 1281167 * 10000 * 256 / (n * k * d)
+  total = iter_s * iterations + one_s - iter_s
+  sig = lambda v: float(f'{v:.3g}')
+  return {'device': f'{jax.device_count()} x {jax.devices()[0].device_kind}', 'features': f'{n} x {d_in} -> {d}',
+          'clusters': k, 'pca_whiten_s': sig(pca_s), 'kmeans_iteration_s': sig(iter_s),
+          'kmeans_assign_pass_s': sig(one_s - iter_s), f'kmeans_{iterations}_iterations_s': sig(total),
+          'imagenet_1.28Mx256_k10000_20it_estimate_s': sig(full * total)}
+
+
 def main(argv):
   del argv
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
-  if _BACKBONE.value:
+  if _KMEANS.value:
+    try:
+      n, d_in, d, k = (int(v) for v in _KMEANS.value.split(','))
+    except ValueError:
+      fail(f'--kmeans: expected "N,D_IN,D,K" (integers), got {_KMEANS.value!r}')
+    if not 0 < d <= d_in or not 0 < k <= n:
+      fail(f'--kmeans: need 0 < D <= D_IN and 0 < K <= N, got {_KMEANS.value!r}')
+    result = benchmark_kmeans(n, d_in, d, k)
+  elif _BACKBONE.value:
     from jssl.models import BACKBONES
     if _BACKBONE.value not in BACKBONES:
       fail(f"--backbone: unknown backbone '{_BACKBONE.value}'; valid: {', '.join(sorted(BACKBONES))}")

@@ -31,6 +31,12 @@ def restore(manager: ocp.CheckpointManager, abstract_state, data_iter=None, step
   return restored['state'], step
 
 
+def restore_data_iter(manager: ocp.CheckpointManager, step: int, data_iter):
+  """Restores only the data iterator's position (in place), e.g. into an iterator built after the state was
+  restored because the epoch's sampling plan depends on it."""
+  manager.restore(step, args=ocp.args.Composite(data_iter=grain.PyGrainCheckpointRestore(data_iter)))
+
+
 def restore_params(workdir: str, abstract_state, step: int | None = None):
   """Only the TrainState of a workdir's checkpoint (for evaluation / export)."""
   manager = make_manager(workdir, async_save=False)

@@ -12,6 +12,11 @@ The recipes of the reference (MMSelfSup) translate as:
 - SGD with momentum: `optax.sgd` + masked `add_decayed_weights` (coupled L2, like torch.optim.SGD).
 - `fixed_lr_names`: parameters under these keys get the same optimizer at the constant base lr (SimSiam's
   predictor, MMSelfSup's `fix_lr` + SimSiamHook), via `optax.multi_transform`.
+- `no_momentum_names`: parameters under these keys use the optimizer without momentum (MMSelfSup's
+  `paramwise_options={'\\Ahead.': dict(momentum=0.)}` of DeepCluster / ODC, whose classifier is re-initialized).
+- `lr_mult_names` / `lr_mult`: the updates of parameters under these keys are scaled by `lr_mult` (MMSelfSup's
+  `paramwise_cfg.custom_keys={name: dict(lr_mult=...)}`; for SGD/LARS/AdamW scaling the update is scaling the lr,
+  decoupled decay included), e.g. a predictor at 10x the lr.
 Schedules are linear warmup from `lr * warmup_start_factor` followed by cosine annealing to `min_lr`, a constant,
 or `step`: lr times `gamma` at each of `milestones` (epochs; MoCo v1's 120/160 and the linear probes').
 """
@@ -64,10 +69,10 @@ def build_optimizer(opt_cfg, schedule, params):
   name = opt_cfg.name
   mask = decay_mask(params, tuple(opt_cfg.get('no_decay_names', ())), opt_cfg.get('exclude_1d_from_decay', True))
 
-  def make(lr):  # the optimizer with learning rate `lr` (a schedule or a number)
+  def make(lr, momentum=opt_cfg.get('momentum', 0.)):  # the optimizer at learning rate `lr` (schedule or number)
     if name == 'lars':
       tx = optax.lars(lr, weight_decay=opt_cfg.weight_decay, weight_decay_mask=mask, trust_ratio_mask=mask,
-                      momentum=opt_cfg.momentum, trust_coefficient=opt_cfg.get('trust_coefficient', 0.001),
+                      momentum=momentum, trust_coefficient=opt_cfg.get('trust_coefficient', 0.001),
                       eps=opt_cfg.get('eps', 1e-8), nesterov=opt_cfg.get('nesterov', False))
     elif name == 'adamw':
       b1, b2 = opt_cfg.betas
@@ -75,21 +80,37 @@ def build_optimizer(opt_cfg, schedule, params):
                        mask=mask)
     elif name == 'sgd':
       tx = optax.chain(optax.add_decayed_weights(opt_cfg.weight_decay, mask),
-                       optax.sgd(lr, momentum=opt_cfg.momentum or None, nesterov=opt_cfg.get('nesterov', False)))
+                       optax.sgd(lr, momentum=momentum or None, nesterov=opt_cfg.get('nesterov', False)))
     else:
       raise ValueError(f"config.optimizer.name: unknown optimizer '{name}'; valid: {', '.join(OPTIMIZERS)}")
     return tx
 
   fixed_lr = tuple(opt_cfg.get('fixed_lr_names', ()))
-  if fixed_lr:  # e.g. SimSiam's predictor: the same optimizer at the constant base lr (MMSelfSup's SimSiamHook)
-    labels = jax.tree_util.tree_map_with_path(
-        lambda p, _: 'fixed' if any(getattr(k, 'key', None) in fixed_lr for k in p) else 'scheduled', params)
-    tx = optax.multi_transform({'scheduled': make(schedule), 'fixed': make(opt_cfg.lr)}, labels)
-  else:
+  no_momentum = tuple(opt_cfg.get('no_momentum_names', ()))
+
+  def group(path, _):
+    keys = [getattr(k, 'key', None) for k in path]
+    if any(k in fixed_lr for k in keys):  # e.g. SimSiam's predictor: the constant base lr (MMSelfSup's SimSiamHook)
+      return 'fixed'
+    if any(k in no_momentum for k in keys):  # e.g. DeepCluster's classifier, re-initialized every epoch
+      return 'no_momentum'
+    return 'scheduled'
+  labels = jax.tree_util.tree_map_with_path(group, params)
+  used = set(jax.tree.leaves(labels))
+  if used <= {'scheduled'}:
     tx = make(schedule)
+  else:
+    groups = {'scheduled': lambda: make(schedule), 'fixed': lambda: make(opt_cfg.lr),
+              'no_momentum': lambda: make(schedule, momentum=0.)}
+    tx = optax.multi_transform({g: groups[g]() for g in sorted(used)}, labels)
   excluded_lr_mult = opt_cfg.get('excluded_lr_mult', 1.)
   if excluded_lr_mult != 1.:  # e.g. Barlow Twins: BN and biases (the decay-excluded params) at lr x 0.024
     tx = optax.chain(tx, optax.masked(optax.scale(excluded_lr_mult), jax.tree.map(lambda m: not m, mask)))
+  mult_names, mult = tuple(opt_cfg.get('lr_mult_names', ())), opt_cfg.get('lr_mult', 1.)
+  if mult_names and mult != 1.:
+    scaled = jax.tree_util.tree_map_with_path(
+        lambda p, _: any(getattr(k, 'key', None) in mult_names for k in p), params)
+    tx = optax.chain(tx, optax.masked(optax.scale(mult), scaled))
   frozen = tuple(opt_cfg.get('frozen_names', ()))
   if frozen:  # e.g. MoCo v3's patch embedding: no update at all
     labels = jax.tree_util.tree_map_with_path(

@@ -40,3 +40,15 @@ def test_bench_reports_figures(tmp_path):
   assert result['ms_per_step'] > 0 and result['img_per_s'] > 0 and result['gflops_per_step'] > 0
   assert result['compiled_memory_mb']['temporaries'] > 0
   assert result['num_records'] == 1438  # the embedded digits' training split, counted (--num_records overrides)
+
+
+@pytest.mark.slow
+def test_bench_times_the_clustering(tmp_path):
+  out = tmp_path / 'kmeans.json'
+  run_python(['-m', 'jssl.bench', '--kmeans=1000,32,16,10', f'--json={out}'])
+  result = json.loads(out.read_text())
+  assert result['features'] == '1000 x 32 -> 16' and result['clusters'] == 10
+  assert result['pca_whiten_s'] > 0 and result['kmeans_20_iterations_s'] > 0
+  assert result['imagenet_1.28Mx256_k10000_20it_estimate_s'] > result['kmeans_20_iterations_s']
+  proc = run_python(['-m', 'jssl.bench', '--kmeans=10,32,64,5'], check=False)
+  assert proc.returncode == 2 and '--kmeans: need 0 < D <= D_IN' in proc.stderr

@@ -108,3 +108,35 @@ def test_fixed_lr_names_with_lars_masks_and_weight_decay():
   u, _ = tx.update(grads, tx.init(params), params)
   u_plain, _ = plain.update(grads, plain.init(params), params)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), u, u_plain)
+
+
+def test_lr_mult_names_scale_the_lr_of_those_parameters_only():
+  # LARS with momentum: the update is linear in the lr, so a 10x lr multiplier gives 10x the update of the
+  # plain optimizer for the named parameters, step after step (momentum trace included), and 1x elsewhere
+  params = {'backbone': {'w': jnp.full((2, 2), 2.0), 'b': jnp.ones(2)}, 'head': {'w': jnp.full((2, 3), 1.5)}}
+  schedule = optax.linear_schedule(0.2, 0.0, 5)
+  tx = optim.build_optimizer(cfg(name='lars', lr=0.2, momentum=0.9, weight_decay=0.1, lr_mult_names=('head',),
+                                 lr_mult=10.), schedule, params)
+  plain = optim.build_optimizer(cfg(name='lars', lr=0.2, momentum=0.9, weight_decay=0.1), schedule, params)
+  state, state_plain = tx.init(params), plain.init(params)
+  for step in range(3):
+    grads = jax.tree.map(lambda x: (step + 1) * 0.3 * jnp.ones_like(x), params)
+    u, state = tx.update(grads, state, params)
+    u_plain, state_plain = plain.update(grads, state_plain, params)
+    np.testing.assert_allclose(u['head']['w'], 10 * u_plain['head']['w'], rtol=1e-6, err_msg=str(step))
+    np.testing.assert_allclose(u['backbone']['w'], u_plain['backbone']['w'], rtol=1e-6, err_msg=str(step))
+    np.testing.assert_allclose(u['backbone']['b'], u_plain['backbone']['b'], rtol=1e-6, err_msg=str(step))
+  assert np.abs(u_plain['head']['w']).max() > 0
+
+
+def test_no_momentum_names_use_plain_sgd_while_the_rest_keeps_momentum():
+  params = {'backbone': {'w': jnp.ones((2, 2))}, 'head': {'w': jnp.ones((2, 2))}}
+  tx = optim.build_optimizer(cfg(name='sgd', lr=0.1, momentum=0.9, weight_decay=0.0, no_momentum_names=('head',)),
+                             optax.constant_schedule(0.1), params)
+  state = tx.init(params)
+  grads = jax.tree.map(jnp.ones_like, params)
+  for step in range(3):
+    updates, state = tx.update(grads, state, params)
+  # constant gradient 1: with momentum 0.9 the third update is -0.1 * (1 + 0.9 + 0.81); without it -0.1
+  np.testing.assert_allclose(updates['backbone']['w'], -0.1 * 2.71, rtol=1e-6)
+  np.testing.assert_allclose(updates['head']['w'], -0.1, rtol=1e-6)

@@ -125,6 +125,21 @@ def solarize(img, threshold):
   return jnp.where(img >= threshold, 1.0 - img, img)
 
 
+def rotate_nearest(img, angle_degrees):
+  """torchvision F.rotate(img, angle) on a tensor with its defaults: counter-clockwise about the image centre,
+  nearest neighbour, same size, 0 outside. Each output pixel (x, y), centred coordinates, reads the input at
+  R(angle) (x, y) rounded half to even (grid_sample 'nearest', align_corners=False)."""
+  h, w = img.shape[:2]
+  a = jnp.deg2rad(angle_degrees)
+  y, x = jnp.meshgrid(jnp.arange(h) - (h - 1) / 2, jnp.arange(w) - (w - 1) / 2, indexing='ij')
+  src_x = jnp.cos(a) * x - jnp.sin(a) * y + (w - 1) / 2
+  src_y = jnp.sin(a) * x + jnp.cos(a) * y + (h - 1) / 2
+  ix, iy = jnp.round(src_x).astype(jnp.int32), jnp.round(src_y).astype(jnp.int32)
+  inside = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
+  out = img[jnp.clip(iy, 0, h - 1), jnp.clip(ix, 0, w - 1)]
+  return jnp.where(inside[..., None], out, 0.)
+
+
 def normalize(images, mean=IMAGENET_MEAN, std=IMAGENET_STD):
   """(images - mean) / std over the channel (last) axis."""
   return (images - jnp.asarray(mean, images.dtype)) / jnp.asarray(std, images.dtype)
@@ -240,6 +255,15 @@ def random_solarize(key, images, threshold=0.5, prob=1.0):
   return jnp.where(_per_sample(key, images, prob), solarize(images, threshold), images)
 
 
+def random_rotation(key, images, degrees=2.0, prob=1.0):
+  """torchvision RandomRotation(degrees) (angle ~ U[-degrees, degrees] per sample, nearest, fill 0), as in
+  DeepCluster's and ODC's pipelines; `prob` < 1 wraps it in RandomApply."""
+  u = jax.random.uniform(key, (images.shape[0], 2))
+  angles = -degrees + 2. * degrees * u[:, 1]
+  rotated = jax.vmap(rotate_nearest)(images, angles)
+  return jnp.where((u[:, 0] < prob)[:, None, None, None], rotated, images)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Config-driven pipeline.
 
@@ -248,6 +272,7 @@ AUGMENTS = {
     'RandomGrayscale': random_grayscale,
     'GaussianBlur': random_gaussian_blur,
     'Solarize': random_solarize,
+    'RandomRotation': random_rotation,
 }
 
 

@@ -292,6 +292,29 @@ class Cifar100Source(_CifarSource):
   label_key = b'fine_labels'
 
 
+class ReorderedSource:
+  """`source` read in the order `indices` (records keep their own 'index'): an epoch's sampling plan, such as
+  DeepCluster's uniform sampling over pseudo-classes. `tag` (e.g. the epoch) and a digest of the indices enter the
+  repr, so grain refuses to resume an iterator of another plan."""
+
+  def __init__(self, source, indices, tag=''):
+    import hashlib
+    self.source = source
+    self.indices = np.asarray(indices, np.int64)
+    self.tag = tag
+    self.digest = hashlib.sha1(self.indices.tobytes()).hexdigest()[:12]
+
+  def __len__(self):
+    return len(self.indices)
+
+  def __getitem__(self, index):
+    _check_index(index, len(self))
+    return self.source[int(self.indices[index])]
+
+  def __repr__(self):
+    return f'ReorderedSource({self.source!r}, tag={self.tag!r}, n={len(self)}, sha1={self.digest})'
+
+
 def _tfds_data_dir(data_dir):
   if data_dir:
     return os.fspath(data_dir)

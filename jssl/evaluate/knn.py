@@ -67,3 +67,29 @@ def extract_features(extract_fn, source, transform, batch_size, mesh, normalize,
       feats.append(np.asarray(out_feats)[:count])
       labels.append(np.asarray(out_labels)[:count])
   return np.concatenate(feats), np.concatenate(labels)
+
+
+def extract_sharded(extract_fn, source, transform, batch_size, mesh, num_threads=4):
+  """Features of every record of `source` as a global [M, D] array with rows split over all devices, and each
+  row's record index [M] (-1 on padding rows), for clustering the whole training set on the accelerators.
+  `extract_fn(images_uint8) -> [B, D]` takes a global batch sharded over all devices (jit it once: it is called
+  for every batch of every epoch).
+
+  Unlike `extract_features` nothing is gathered across hosts: each host copies out the rows its devices computed
+  (M / hosts rows, not the whole set) and they go back to the same devices. The row order is host-major (host 0's
+  rows of every batch, then host 1's...)."""
+  n = len(source)
+  procs, proc = jax.process_count(), jax.process_index()
+  per_host = batch_size // procs
+  in_sharding = sharding.batch_sharding(mesh)
+  feats, ids = [], []
+  with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
+    for start in range(0, n, batch_size):
+      want = np.arange(start + proc * per_host, start + (proc + 1) * per_host)
+      records = list(pool.map(lambda i: transform.map(source[int(min(i, n - 1))]), want))
+      out = extract_fn(jax.make_array_from_process_local_data(in_sharding, np.stack([r['image'] for r in records])))
+      shards = sorted(out.addressable_shards, key=lambda s: s.index[0].start or 0)
+      feats.append(np.concatenate([np.asarray(s.data) for s in shards]))
+      ids.append(np.where(want < n, [r['index'] for r in records], -1))
+  return (jax.make_array_from_process_local_data(in_sharding, np.concatenate(feats)),
+          jax.make_array_from_process_local_data(in_sharding, np.concatenate(ids).astype(np.int32)))

@@ -9,6 +9,15 @@ A method is a small object around Flax modules (see ../shared/design.md):
     after_step(params, method_state, step) -> method_state          # EMA targets, queues, memory banks
     extract(params, model_state, images) -> features [B, D]          # for kNN / linear eval / export
 
+Optional, for epoch-level work (DeepCluster's clustering of the whole training set):
+
+    on_epoch(state, epoch, trainer) -> (state, summary line)          # before every epoch, on the whole TrainState;
+                                                                     # trainer.extract_train_features gives the
+                                                                     # training set's features, row-sharded
+    epoch_indices(method_state, epoch, seed) -> int array | None     # the record order the epoch reads (None: a
+                                                                     # plain shuffle), a function of the state so
+                                                                     # that a resumed run reads the same plan
+
 `batch['views']` is a tuple of normalized float images [B, H, W, C] (global arrays, augmented on device);
 `model_state` holds Flax mutable collections (batch_stats); `method_state` holds what gradients don't train.
 """

@@ -104,11 +104,49 @@ class Trainer:
                               out_shardings=(self.state_sharding, sharding.replicated(self.mesh)),
                               donate_argnums=(0,))
 
-  def make_loader(self):
+  def make_loader(self, epoch=None, method_state=None):
+    """The training loader. Methods with epoch-level work (`on_epoch`) get one loader per epoch, reading the
+    order `method.epoch_indices(method_state, epoch, seed)` gives (e.g. DeepCluster's uniform sampling over
+    pseudo-classes), or a fresh shuffle seeded by the epoch when it gives None."""
     d = self.config.data
-    return loader.make_loader(self.train_source, [transforms.RandomResizedCropViews([dict(v) for v in d.views])],
-                              self.config.batch_size, seed=self.config.seed, shuffle=True,
-                              worker_count=d.workers)
+    crops = [transforms.RandomResizedCropViews([dict(v) for v in d.views])]
+    if epoch is None:
+      return loader.make_loader(self.train_source, crops, self.config.batch_size, seed=self.config.seed,
+                                shuffle=True, worker_count=d.workers)
+    seed = self.config.seed + 1000003 * epoch
+    indices = getattr(self.method, 'epoch_indices', lambda *a: None)(method_state, epoch, seed)
+    if indices is None:
+      return loader.make_loader(self.train_source, crops, self.config.batch_size, seed=seed, shuffle=True,
+                                worker_count=d.workers)
+    # the plan is already in order; repeating it keeps an epoch whole when grain workers drop partial batches
+    return loader.make_loader(sources.ReorderedSource(self.train_source, indices, tag=f'epoch {epoch}'), crops,
+                              self.config.batch_size, seed=seed, shuffle=False, worker_count=d.workers)
+
+  def extract_train_features(self, state, extract_fn):
+    """Features of the whole training set under `state` (eval-mode transform: config.eval resize/crop), for
+    epoch-level clustering: (row-sharded [M, D] global array, record index per row, -1 on padding).
+    `extract_fn(params, model_state, images)` is jit'd once per trainer."""
+    d, e = self.config.data, self.config.eval
+    if getattr(self, '_train_extract', (None,))[0] is not extract_fn:
+      mean, std = jnp.asarray(d.mean, jnp.float32), jnp.asarray(d.std, jnp.float32)
+      fn = jax.jit(lambda params, model_state, x: extract_fn(params, model_state,
+                                                             (x.astype(jnp.float32) / 255. - mean) / std),
+                   out_shardings=self.batch_sharding)
+      self._train_extract = (extract_fn, fn)
+    fn = self._train_extract[1]
+    transform = transforms.ResizeCenterCrop(resize=e.resize, crop=e.crop, interpolation=e.interpolation)
+    return knn.extract_sharded(lambda x: fn(state.params, state.model_state, x), self.train_source, transform,
+                               e.batch_size, self.mesh)
+
+  def start_epoch(self, state, epoch):
+    """Epoch-level work before `epoch` (DeepCluster's clustering, ...); returns the state and the epoch's
+    data iterator."""
+    t0 = time.time()
+    state, summary = self.method.on_epoch(state, epoch, self)
+    state = jax.device_put(state, self.state_sharding)
+    if jax.process_index() == 0:
+      print(f'epoch {epoch}: {summary} ({time.time() - t0:.1f} s)', flush=True)
+    return state, iter(self.make_loader(epoch, state.method_state))
 
   def load_backbone(self, state, path):
     """`state` with its backbone replaced by an imported one (config.init.backbone)."""
@@ -144,14 +182,19 @@ class Trainer:
     if is_main:
       with open(os.path.join(workdir, 'config.json'), 'w') as f:
         f.write(config.to_json_best_effort(indent=2))
-    data_loader = self.make_loader()
-    data_iter = iter(data_loader)
+    # methods with epoch-level work read a new plan each epoch, built from the state, so their iterator is made
+    # (and its position restored) after the state
+    per_epoch = hasattr(self.method, 'on_epoch')
+    data_iter = None if per_epoch else iter(self.make_loader())
     manager = checkpoint.make_manager(workdir, config.checkpoint.keep, config.checkpoint.get('keep_every') or None,
                                       config.checkpoint.get('async_save', True))
     if manager.latest_step() is not None:
       state, step = checkpoint.restore(manager, self.abstract_state, data_iter)
       logging.info('resumed from %s at step %d', manager.directory, step)
       print(f'resumed from step {step} ({manager.directory})', flush=True)
+      if per_epoch and step % self.steps_per_epoch and step < self.total_steps:
+        data_iter = iter(self.make_loader(step // self.steps_per_epoch, state.method_state))
+        checkpoint.restore_data_iter(manager, step, data_iter)
     else:
       state = self.init_state(jax.random.PRNGKey(config.seed))
       if config.init.get('backbone'):
@@ -162,6 +205,8 @@ class Trainer:
     start_time, last_time, last_step = time.time(), time.time(), step
     metrics = None
     while step < self.total_steps:
+      if per_epoch and step % self.steps_per_epoch == 0:  # also on resuming at an epoch boundary: it is a function
+        state, data_iter = self.start_epoch(state, step // self.steps_per_epoch)  # of the state, so it reruns exactly
       batch = loader.to_global(next(data_iter), self.mesh)
       state, metrics = self.train_step(state, batch)
       step += 1

@@ -218,3 +218,25 @@ def test_pipeline_errors():
     augment.build_augment([dict(type='Blur')])
   with pytest.raises(TypeError, match='probability'):
     augment.build_augment([dict(type='Solarize', probability=0.5)])
+
+
+@pytest.mark.parametrize('shape', [(32, 32), (17, 24)])
+@pytest.mark.parametrize('angle', [0.0, 1.3, -2.0, 30.0])
+def test_rotate_nearest_matches_torchvision_rotate(shape, angle):
+  img = np.random.default_rng(0).random(shape + (3,)).astype(np.float32)
+  ref = TF.rotate(torch.from_numpy(img).permute(2, 0, 1), angle).permute(1, 2, 0).numpy()
+  np.testing.assert_array_equal(np.asarray(augment.rotate_nearest(jnp.asarray(img), angle)), ref)
+
+
+def test_random_rotation_draws_angles_within_degrees_per_sample():
+  # a single bright pixel off-centre: its position after rotation tells the angle of each sample
+  img = np.zeros((4, 33, 33, 3), np.float32)
+  img[:, 16, 30] = 1.
+  out = np.asarray(augment.random_rotation(jax.random.PRNGKey(0), jnp.asarray(img), degrees=10.))
+  angles = []
+  for o in out:
+    y, x = np.argwhere(o[..., 0] > 0)[0]
+    angles.append(np.degrees(np.arctan2(16 - y, x - 16)))   # counter-clockwise on screen
+  assert all(abs(a) <= 10 + 4 for a in angles) and len(set(np.round(angles, 3))) > 1
+  untouched = augment.random_rotation(jax.random.PRNGKey(0), jnp.asarray(img), degrees=10., prob=0.)
+  np.testing.assert_array_equal(untouched, img)

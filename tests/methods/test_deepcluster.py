@@ -1,0 +1,175 @@
+"""DeepCluster: the Sobel layer and the weighted cross-entropy against torch, the clustering of `on_epoch` against
+scikit-learn's KMeans from the same initial centroids, the epoch's uniform sampling read by the loader, then
+8 devices vs 1 (the step and the whole clustering), exact resume mid-epoch and the demo."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs.deepcluster import get_config
+from jssl.methods import deepcluster
+from jssl.train import clustering
+from jssl.train.loop import Trainer
+from tests.conftest import run_python
+from tests.test_demo import check_demo
+from tests.train.test_resume import assert_resume_exact
+from tests.train.test_sharding import assert_devices_match
+
+torch = pytest.importorskip('torch')
+
+SMALL = {'backbone.kwargs.num_filters': 8, 'model.num_clusters': 12, 'model.pca_dim': 16}
+
+
+def small_config(**overrides):
+  c = get_config('demo')
+  c.backbone.kwargs.num_filters = 8
+  c.model.num_clusters = 12
+  c.model.pca_dim = 16
+  c.data.views[0]['size'] = 16
+  c.data.image_size = 16
+  c.eval.update({'resize': 16, 'crop': 16})
+  c.batch_size = 64
+  c.update(overrides)
+  return c
+
+
+def test_sobel_matches_mmselfsup_sobel_layer():
+  # MMSelfSup's Sobel: Conv2d(3, 1, 1) with weight 1/3 and bias 0, then Conv2d(1, 2, 3, padding=1) with the two
+  # Sobel kernels and bias 0
+  images = np.random.default_rng(0).normal(size=(2, 9, 11, 3)).astype(np.float32)
+  gray = torch.nn.Conv2d(3, 1, 1)
+  gray.weight.data.fill_(1 / 3.)
+  gray.bias.data.zero_()
+  edges = torch.nn.Conv2d(1, 2, 3, padding=1)
+  edges.weight.data[0, 0] = torch.tensor(deepcluster.SOBEL_X)
+  edges.weight.data[1, 0] = torch.tensor(deepcluster.SOBEL_Y)
+  edges.bias.data.zero_()
+  with torch.no_grad():
+    ref = edges(gray(torch.from_numpy(images).permute(0, 3, 1, 2))).permute(0, 2, 3, 1).numpy()
+  np.testing.assert_allclose(deepcluster.sobel(jnp.asarray(images)), ref, atol=1e-5)
+
+
+def test_weighted_cross_entropy_matches_torch():
+  rng = np.random.default_rng(1)
+  logits, labels = rng.normal(size=(7, 5)).astype(np.float32), rng.integers(0, 5, 7)
+  weight = rng.random(5).astype(np.float32)
+  for w in (None, weight):
+    ref = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels),
+                                            weight=None if w is None else torch.from_numpy(w))
+    got = deepcluster.weighted_cross_entropy(jnp.asarray(logits), jnp.asarray(labels),
+                                             None if w is None else jnp.asarray(w))
+    np.testing.assert_allclose(got, ref.item(), rtol=1e-6)
+
+
+def test_loss_classifies_each_image_into_its_pseudo_label():
+  c = small_config()
+  method = deepcluster.Method(c, num_records=50)
+  images = jnp.asarray(np.random.default_rng(2).normal(size=(6, 16, 16, 3)), jnp.float32)
+  batch = {'views': (images,), 'index': jnp.asarray([3, 17, 5, 17, 49, 0])}
+  params, model_state, method_state = method.init(jax.random.key(0), batch)
+  assert params['backbone']['conv1']['kernel'].shape[2] == 2   # the Sobel maps feed the ResNet
+  labels = jnp.arange(50, dtype=jnp.int32) % 12
+  method_state = {**method_state, 'labels': labels}
+  loss, (metrics, _, _) = method.loss(params, model_state, method_state, batch, None, 0)
+  logits, _ = method.net.apply({'params': params, **model_state}, images, train=True, mutable=['batch_stats'])
+  target = np.asarray(labels)[[3, 17, 5, 17, 49, 0]]
+  logp = np.asarray(jax.nn.log_softmax(logits))
+  np.testing.assert_allclose(loss, -logp[np.arange(6), target].mean(), rtol=1e-5)
+  assert 0 <= metrics['pseudo_label_acc'] <= 1
+
+
+def test_on_epoch_clusters_the_training_set_like_scikit_learn(tmp_path):
+  from sklearn.cluster import KMeans
+  c = small_config()
+  trainer = Trainer(c, str(tmp_path))
+  method = trainer.method
+  state = trainer.init_state(jax.random.PRNGKey(0))
+  features, index = trainer.extract_train_features(state, method.extract)
+  n = len(trainer.train_source)
+  assert features.shape == (-(-n // 256) * 256, 8 * 8) and sorted(np.asarray(index)[:n]) == list(range(n))
+  # the clustering of `cluster`: PCA whitening (tested in tests/train/test_clustering.py), k-means from k rows
+  valid = index >= 0
+  whitened = clustering.pca_whiten(features, valid, dim=16)
+  rng = jax.random.PRNGKey(5)
+  init = clustering.init_centroids(rng, whitened, valid, 12)
+  ref = KMeans(n_clusters=12, init=np.asarray(init), n_init=1, max_iter=20, tol=0., algorithm='lloyd').fit(
+      np.asarray(whitened)[np.asarray(valid)])
+  labels, _ = method.cluster(features, index, rng, trainer.mesh)
+  expected = np.zeros(n, np.int64)
+  expected[np.asarray(index)[np.asarray(valid)]] = ref.labels_
+  np.testing.assert_array_equal(labels, expected)
+
+  # on_epoch: new pseudo-labels, a re-initialized classifier with no optimizer memory, the loss weights
+  state = state.replace(opt_state=jax.tree.map(jnp.ones_like, state.opt_state))
+  new, summary = method.on_epoch(state, 0, trainer)
+  assert '12 clusters' in summary
+  sizes = np.bincount(np.asarray(new.method_state['labels']), minlength=12)
+  assert sizes.sum() == n and (sizes > 0).all()
+  inv = sizes.astype(np.float64) ** -0.5
+  np.testing.assert_allclose(new.method_state['loss_weight'], inv / inv.sum(), rtol=1e-5)
+  assert not np.allclose(new.params['head']['fc_cls']['kernel'], state.params['head']['fc_cls']['kernel'])
+  np.testing.assert_array_equal(new.params['backbone']['conv1']['kernel'], state.params['backbone']['conv1']['kernel'])
+  for path, leaf in jax.tree_util.tree_leaves_with_path(new.opt_state):
+    is_head = any(getattr(k, 'key', None) == 'head' for k in path)
+    assert (np.asarray(leaf) == 0).all() if is_head else (np.asarray(leaf) == 1).all(), path
+
+  # the epoch's loader reads the uniform-over-clusters plan, in order
+  plan = method.epoch_indices(new.method_state, 0, c.seed)   # epoch 0's seed is config.seed
+  np.testing.assert_array_equal(plan, method.epoch_indices(new.method_state, 0, c.seed))   # a function of the state
+  assert not np.array_equal(plan, method.epoch_indices(new.method_state, 1, c.seed + 1))
+  counts = np.bincount(np.asarray(new.method_state['labels'])[plan], minlength=12)
+  assert counts.max() - counts.min() <= 12   # n // 12 + 1 draws per cluster, cut to n
+  batch = next(iter(trainer.make_loader(0, new.method_state)))
+  np.testing.assert_array_equal(batch['index'], plan[:64])
+
+
+def test_unknown_variant_and_too_many_clusters_are_named():
+  with pytest.raises(ValueError, match='valid: demo'):
+    get_config('small')
+  c = small_config()
+  c.model.num_clusters = 100
+  with pytest.raises(ValueError, match='config.model.num_clusters'):
+    deepcluster.Method(c, num_records=50)
+
+
+EPOCH_ON_DEVICES = r'''
+import jax, numpy as np, json
+from jssl.config import load_config_file
+from tests.conftest import apply_overrides
+from jssl.train.loop import Trainer
+out = {}
+for n in (1, 8):
+  c = load_config_file('configs/deepcluster.py:demo')
+  apply_overrides(c, json.loads(%r))
+  c.mesh.update(dict(data=n // 2 or 1, fsdp=2 if n > 1 else 1))
+  c.param_sharding = 'fsdp'
+  t = Trainer(c, None, devices=jax.devices()[:n])
+  state = t.init_state(jax.random.PRNGKey(0))
+  state, summary = t.start_epoch(state, 0)[0], ''
+  out[n] = np.asarray(state.method_state['labels'])
+np.testing.assert_array_equal(out[1], out[8])
+print('ok', np.bincount(out[8]).tolist())
+'''
+
+
+@pytest.mark.slow
+def test_deepcluster_eight_devices_match_one_device():
+  assert_devices_match('configs/deepcluster.py:demo', SMALL)
+  # the epoch-level work: features over the mesh, PCA, k-means and the pseudo-labels
+  overrides = {**SMALL, 'data.views.0.size': 16, 'data.image_size': 16, 'eval.resize': 16, 'eval.crop': 16}
+  assert 'ok' in run_python(EPOCH_ON_DEVICES % __import__('json').dumps(overrides), devices=8).stdout
+
+
+@pytest.mark.slow
+def test_deepcluster_resumes_exactly_mid_epoch(tmp_path):
+  # batch 119: 12 steps per epoch of the 1,438 digits. Killed after 19 steps, the run resumes from step 16, in the
+  # second epoch: its pseudo-labels and uniform-sampling plan come back from the checkpoint (the clustering before
+  # epoch 1 is not rerun) and the loader continues the plan at its position.
+  assert_resume_exact(tmp_path, 'configs/deepcluster.py:demo',
+                      {**SMALL, 'data.views.0.size': 16, 'data.image_size': 16, 'eval.resize': 16, 'eval.crop': 16,
+                       'batch_size': 119, 'total_steps': 30}, kill_after=19)
+
+
+@pytest.mark.slow
+def test_deepcluster_demo(tmp_path):
+  check_demo(tmp_path, 'configs/deepcluster.py:demo')
