@@ -28,7 +28,7 @@ def get_config(arg=None):
 
   if arg == 'demo':
     size = 32
-    c.data = digits_data(views=[dict(size=size, scale=(0.4, 1.0), interpolation='bilinear', flip_prob=0.0)],
+    c.data = digits_data(views=[dict(size=size, scale=(0.08, 1.0), interpolation='bilinear', flip_prob=0.5)],
                          augment=[], image_size=size)
     demo_run(c, size)
     # ResNet-18 at half width: XLA's CPU convolutions fall off a cliff at 64+ channels on 1x1/2x2 maps
@@ -36,7 +36,7 @@ def get_config(arg=None):
     c.backbone.kwargs.num_filters = 32
     c.batch_size = 64                 # 256 rotated samples per step
     c.epochs = 16
-    c.optimizer.lr = 0.2
+    c.optimizer.lr = 0.1
     c.schedule.update({'warmup_epochs': 1., 'milestones': (7, 11)})
   elif arg:
     raise ValueError(f"configs/rotation_pred.py: unknown variant '{arg}'; valid: demo")
