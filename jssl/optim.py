@@ -43,10 +43,11 @@ def add_decayed_weights(weight_decay, mask, params, decay_mult=None):
   if not decay_mult:
     return optax.add_decayed_weights(weight_decay, mask)
   group = jax.tree_util.tree_map_with_path(
-      lambda p, _: next((k.key for k in p if getattr(k, 'key', None) in decay_mult), None), params)
+      lambda p, _: next((k.key for k in p if getattr(k, 'key', None) in decay_mult), ''), params)
   in_group = lambda name: jax.tree.map(lambda m, g: bool(m) and g == name, mask, group)
-  return optax.chain(optax.add_decayed_weights(weight_decay, in_group(None)),
-                     *[optax.add_decayed_weights(weight_decay * mult, in_group(name)) for name, mult in decay_mult.items()])
+  return optax.chain(optax.add_decayed_weights(weight_decay, in_group('')),
+                     *[optax.add_decayed_weights(weight_decay * mult, in_group(name))
+                       for name, mult in decay_mult.items()])
 
 
 def build_schedule(opt_cfg, sched_cfg, steps_per_epoch: int, total_steps: int):

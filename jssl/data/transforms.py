@@ -1,8 +1,8 @@
 """Host-side grain transforms (numpy + PIL), run in the grain worker processes.
 
 Records from the sources are dicts {'image': uint8 [H, W, 3], 'label': int32, 'index': int64}. The host does
-only the geometric part of the pipeline (random-resized crops, flips, resize + center crop); color and blur
-augmentations run batched on device (augment.py).
+only the geometric part of the pipeline (random-resized crops, resize + random crop, flips, resize + center crop);
+color and blur augmentations run batched on device (augment.py).
 
 Crops and resizes reproduce torchvision on PIL images exactly: the crop box is sampled as in
 RandomResizedCrop.get_params and the cropped region is resized by PIL, so outputs equal
