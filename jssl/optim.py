@@ -10,6 +10,8 @@ The recipes of the reference (MMSelfSup) translate as:
 - AdamW (MAE, MoCo v3, ...): `optax.adamw` with a weight-decay mask (no decay for norms, biases and the names in
   `no_decay_names`, e.g. pos_embed / cls_token / mask_token as in MAE).
 - SGD with momentum: `optax.sgd` + masked `add_decayed_weights` (coupled L2, like torch.optim.SGD).
+- `decay_mult` (SGD): {name: multiplier}: parameters under a key `name` decay at weight_decay * multiplier
+  (MMSelfSup's paramwise `custom_keys={name: dict(decay_mult=...)}`; Relative Location's neck and head: 5).
 - `fixed_lr_names`: parameters under these keys get the same optimizer at the constant base lr (SimSiam's
   predictor, MMSelfSup's `fix_lr` + SimSiamHook), via `optax.multi_transform`.
 - `no_momentum_names`: parameters under these keys use the optimizer without momentum (MMSelfSup's
@@ -38,6 +40,19 @@ def decay_mask(params, no_decay_names=(), exclude_1d=True):
     return not any(name in path for name in no_decay_names)
 
   return flax.traverse_util.unflatten_dict({k: decays(k, v) for k, v in flat.items()})
+
+
+def add_decayed_weights(weight_decay, mask, params, decay_mult=None):
+  """Coupled L2 (torch SGD's weight_decay) where `mask` is True; parameters under a key of `decay_mult` decay at
+  weight_decay * decay_mult[key]."""
+  if not decay_mult:
+    return optax.add_decayed_weights(weight_decay, mask)
+  group = jax.tree_util.tree_map_with_path(
+      lambda p, _: next((k.key for k in p if getattr(k, 'key', None) in decay_mult), ''), params)
+  in_group = lambda name: jax.tree.map(lambda m, g: bool(m) and g == name, mask, group)
+  return optax.chain(optax.add_decayed_weights(weight_decay, in_group('')),
+                     *[optax.add_decayed_weights(weight_decay * mult, in_group(name))
+                       for name, mult in decay_mult.items()])
 
 
 def build_schedule(opt_cfg, sched_cfg, steps_per_epoch: int, total_steps: int):
@@ -69,6 +84,10 @@ def build_optimizer(opt_cfg, schedule, params):
   name = opt_cfg.name
   mask = decay_mask(params, tuple(opt_cfg.get('no_decay_names', ())), opt_cfg.get('exclude_1d_from_decay', True))
 
+  decay_mult = dict(opt_cfg.get('decay_mult', {}))
+  if decay_mult and name != 'sgd':
+    raise ValueError(f"config.optimizer.decay_mult: supported with the sgd optimizer only, not '{name}'")
+
   def make(lr, momentum=opt_cfg.get('momentum', 0.)):  # the optimizer at learning rate `lr` (schedule or number)
     if name == 'lars':
       tx = optax.lars(lr, weight_decay=opt_cfg.weight_decay, weight_decay_mask=mask, trust_ratio_mask=mask,
@@ -79,7 +98,7 @@ def build_optimizer(opt_cfg, schedule, params):
       tx = optax.adamw(lr, b1=b1, b2=b2, eps=opt_cfg.get('eps', 1e-8), weight_decay=opt_cfg.weight_decay,
                        mask=mask)
     elif name == 'sgd':
-      tx = optax.chain(optax.add_decayed_weights(opt_cfg.weight_decay, mask),
+      tx = optax.chain(add_decayed_weights(opt_cfg.weight_decay, mask, params, decay_mult),
                        optax.sgd(lr, momentum=momentum or None, nesterov=opt_cfg.get('nesterov', False)))
     else:
       raise ValueError(f"config.optimizer.name: unknown optimizer '{name}'; valid: {', '.join(OPTIMIZERS)}")

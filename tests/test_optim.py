@@ -140,3 +140,33 @@ def test_no_momentum_names_use_plain_sgd_while_the_rest_keeps_momentum():
   # constant gradient 1: with momentum 0.9 the third update is -0.1 * (1 + 0.9 + 0.81); without it -0.1
   np.testing.assert_allclose(updates['backbone']['w'], -0.1 * 2.71, rtol=1e-6)
   np.testing.assert_allclose(updates['head']['w'], -0.1, rtol=1e-6)
+
+
+def test_sgd_decay_mult_matches_torch_param_groups():
+  """MMSelfSup's paramwise custom_keys={'neck': dict(decay_mult=5.)}: torch SGD with a second param group at 5x wd."""
+  import torch
+  rng = np.random.default_rng(0)
+  params = {'backbone': {'w': jnp.asarray(rng.normal(size=(3, 2)), jnp.float32)},
+            'neck': {'fc': {'kernel': jnp.asarray(rng.normal(size=(2, 2)), jnp.float32)},
+                     'bn': {'bias': jnp.asarray(rng.normal(size=(2,)), jnp.float32)}}}
+  grads = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), params)
+  c = cfg(name='sgd', lr=0.1, momentum=0.9, weight_decay=1e-2, exclude_1d_from_decay=False, decay_mult={'neck': 5.})
+  tx = optim.build_optimizer(c, 0.1, params)
+  state, p = tx.init(params), params
+  names = [('backbone', 'w'), ('neck', 'fc', 'kernel'), ('neck', 'bn', 'bias')]
+  get = lambda tree, path: tree[path[0]][path[1]] if len(path) == 2 else tree[path[0]][path[1]][path[2]]
+  tp = {n: torch.nn.Parameter(torch.tensor(np.asarray(get(params, n)))) for n in names}
+  opt = torch.optim.SGD([{'params': [tp[names[0]]]}, {'params': [tp[n] for n in names[1:]], 'weight_decay': 5e-2}],
+                        lr=0.1, momentum=0.9, weight_decay=1e-2)
+  for _ in range(3):
+    updates, state = tx.update(grads, state, p)
+    p = optax.apply_updates(p, updates)
+    for n in names:
+      tp[n].grad = torch.tensor(np.asarray(get(grads, n)))
+    opt.step()
+  for n in names:
+    np.testing.assert_allclose(get(p, n), tp[n].detach().numpy(), rtol=1e-5, atol=1e-7, err_msg=str(n))
+  import pytest
+  with pytest.raises(ValueError, match='config.optimizer.decay_mult'):
+    optim.build_optimizer(cfg(name='lars', lr=0.1, momentum=0.9, weight_decay=1e-6, decay_mult={'neck': 5.}), 0.1,
+                          params)

@@ -1,8 +1,8 @@
 """Host-side grain transforms (numpy + PIL), run in the grain worker processes.
 
 Records from the sources are dicts {'image': uint8 [H, W, 3], 'label': int32, 'index': int64}. The host does
-only the geometric part of the pipeline (random-resized crops, flips, resize + center crop); color and blur
-augmentations run batched on device (augment.py).
+only the geometric part of the pipeline (random-resized crops, resize + random crop, flips, resize + center crop);
+color and blur augmentations run batched on device (augment.py).
 
 Crops and resizes reproduce torchvision on PIL images exactly: the crop box is sampled as in
 RandomResizedCrop.get_params and the cropped region is resized by PIL, so outputs equal
@@ -55,6 +55,23 @@ def crop_params(rng: np.random.Generator, height, width, scale=(0.08, 1.0), rati
   return (height - h) // 2, (width - w) // 2, h, w
 
 
+def resize_shorter_side(image: Image.Image, size, resample):
+  """torchvision Resize(size) (an int) on a PIL image: the shorter side becomes `size`, the longer one is scaled
+  and truncated (torchvision's _compute_resized_output_size), the aspect ratio kept."""
+  width, height = image.size
+  short, long = min(width, height), max(width, height)
+  new_short, new_long = size, int(size * long / short)
+  new_size = (new_short, new_long) if width <= height else (new_long, new_short)
+  return image if new_size == image.size else image.resize(new_size, resample)
+
+
+def random_crop_params(rng: np.random.Generator, height, width, size):
+  """torchvision RandomCrop.get_params for a (size, size) crop: (top, left), each uniform over the valid range."""
+  if size > min(height, width):
+    raise ValueError(f'random crop of {size} px from a {height}x{width} image; resize to at least {size} first')
+  return int(rng.integers(0, height - size + 1)), int(rng.integers(0, width - size + 1))
+
+
 def resized_crop(image: Image.Image, top, left, height, width, size, resample):
   """Crop then resize to (size, size), as torchvision's F.resized_crop on a PIL image.
 
@@ -71,6 +88,8 @@ class RandomResizedCropViews(grain.RandomMapTransform):
   `views` is a list of specs, each a mapping with `size` and optionally `scale` (default (0.08, 1.0)),
   `ratio` ((3/4, 4/3)), `interpolation` ('bilinear' | 'bicubic'), `flip_prob` (0.5) and `num` (1: repeat the
   spec). E.g. SwAV's multi-crop: [dict(size=224, num=2, scale=(0.14, 1.)), dict(size=96, num=6, scale=(0.05, 0.14))].
+  A spec with `resize` instead of `scale`/`ratio` is torchvision's Resize(resize) (shorter side) followed by
+  RandomCrop(size), e.g. Relative Location's dict(resize=292, size=255, flip_prob=0.).
   Output: the record without 'image', plus 'views': a tuple of uint8 [size, size, 3] arrays.
   """
 
@@ -78,11 +97,14 @@ class RandomResizedCropViews(grain.RandomMapTransform):
     self.views = []
     for spec in views:
       spec = dict(spec)
-      unknown = set(spec) - {'size', 'scale', 'ratio', 'interpolation', 'flip_prob', 'num'}
+      unknown = set(spec) - {'size', 'scale', 'ratio', 'interpolation', 'flip_prob', 'num', 'resize'}
       if unknown:
         raise ValueError(f'Unknown view options {sorted(unknown)} in {spec}')
+      if spec.get('resize') is not None and ({'scale', 'ratio'} & set(spec) or int(spec['resize']) < int(spec['size'])):
+        raise ValueError(f'config.data.views: a view with resize takes no scale/ratio and needs resize >= size: {spec}')
       view = dict(
           size=int(spec['size']),
+          resize=None if spec.get('resize') is None else int(spec['resize']),
           scale=tuple(spec.get('scale', (0.08, 1.0))),
           ratio=tuple(spec.get('ratio', (3 / 4, 4 / 3))),
           resample=_resample(spec.get('interpolation', 'bilinear')),
@@ -94,8 +116,13 @@ class RandomResizedCropViews(grain.RandomMapTransform):
     image = Image.fromarray(element['image'])
     views = []
     for view in self.views:
-      top, left, h, w = crop_params(rng, image.height, image.width, view['scale'], view['ratio'])
-      crop = resized_crop(image, top, left, h, w, view['size'], view['resample'])
+      if view['resize'] is None:
+        top, left, h, w = crop_params(rng, image.height, image.width, view['scale'], view['ratio'])
+        crop = resized_crop(image, top, left, h, w, view['size'], view['resample'])
+      else:
+        resized = resize_shorter_side(image, view['resize'], view['resample'])
+        top, left = random_crop_params(rng, resized.height, resized.width, view['size'])
+        crop = resized.crop((left, top, left + view['size'], top + view['size']))
       # Drawn after the crop, as torchvision's RandomResizedCrop -> RandomHorizontalFlip does.
       if rng.random() < view['flip_prob']:
         crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
@@ -116,16 +143,9 @@ class ResizeCenterCrop(grain.MapTransform):
     self.resample = _resample(interpolation)
 
   def map(self, element):
-    image = Image.fromarray(element['image'])
-    width, height = image.size
-    # torchvision's _compute_resized_output_size: the long side is truncated, not rounded.
-    short, long = min(width, height), max(width, height)
-    new_short, new_long = self.resize, int(self.resize * long / short)
-    new_size = (new_short, new_long) if width <= height else (new_long, new_short)
-    if new_size != image.size:
-      image = image.resize(new_size, self.resample)
-    top = int(round((new_size[1] - self.crop) / 2.0))
-    left = int(round((new_size[0] - self.crop) / 2.0))
+    image = resize_shorter_side(Image.fromarray(element['image']), self.resize, self.resample)
+    top = int(round((image.height - self.crop) / 2.0))
+    left = int(round((image.width - self.crop) / 2.0))
     image = image.crop((left, top, left + self.crop, top + self.crop))
     out = dict(element)
     out['image'] = np.asarray(image, dtype=np.uint8)

@@ -190,3 +190,20 @@ def normalized_prototypes_init(key, shape, dtype=jnp.float32):
   the state the reference's prototypes are in after its first in-place normalization."""
   w = torch_linear_init(key, shape, dtype)
   return w / jnp.linalg.norm(w, axis=0, keepdims=True)
+
+
+class RelativeLocNeck(nn.Module):
+  """MMSelfSup's RelativeLocNeck on a pair's concatenated pooled features: fc -> BN1d -> ReLU -> dropout.
+
+  Reference initialization: fc Normal(0, 0.01) with bias 0, BN weight 1 / bias 0; its BN momentum is 0.003 (torch),
+  i.e. running stats keep 0.997 of their value per step; dropout p = 0.5 (torch nn.Dropout's default)."""
+  out_channels: int = 4096
+  dropout_rate: float = 0.5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.Dense(self.out_channels, kernel_init=nn.initializers.normal(0.01), bias_init=nn.initializers.zeros,
+                 dtype=self.dtype, name='fc')(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.997, epsilon=1e-5, dtype=self.dtype, name='bn')(x)
+    return nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(x))

@@ -155,3 +155,29 @@ def test_resize_center_crop_matches_torchvision(image, shape, interpolation):
 def test_resize_center_crop_rejects_crop_larger_than_resize():
   with pytest.raises(ValueError, match='crop'):
     transforms.ResizeCenterCrop(resize=32, crop=64)
+
+
+@pytest.mark.parametrize('shape', [(120, 160), (160, 120)])
+def test_resize_random_crop_view_equals_torchvision_with_the_same_draws(image, shape):
+  """Relative Location's host view: torchvision Resize(100) (shorter side) + RandomCrop(87), crop box replayed."""
+  img = np.asarray(Image.fromarray(image).resize(shape[::-1]))
+  transform = transforms.RandomResizedCropViews([dict(resize=100, size=87, flip_prob=0., num=4)])
+  out = transform.random_map(record(img), np.random.default_rng(3))
+  rng = np.random.default_rng(3)
+  resized = TF.resize(Image.fromarray(img), 100, T.InterpolationMode.BILINEAR)
+  assert min(resized.size) == 100
+  boxes = []
+  for view in out['views']:
+    top = int(rng.integers(0, resized.height - 87 + 1))
+    left = int(rng.integers(0, resized.width - 87 + 1))
+    boxes.append((top, left))
+    assert rng.random() >= 0.  # the flip coin is drawn after every crop, as for random-resized views
+    np.testing.assert_array_equal(view, np.asarray(TF.crop(resized, top, left, 87, 87)))
+  assert len(set(boxes)) == 4  # four different crops
+
+
+def test_resize_random_crop_view_rejects_bad_specs():
+  with pytest.raises(ValueError, match='resize >= size'):
+    transforms.RandomResizedCropViews([dict(resize=30, size=33)])
+  with pytest.raises(ValueError, match='no scale/ratio'):
+    transforms.RandomResizedCropViews([dict(resize=40, size=33, scale=(0.2, 1.))])
