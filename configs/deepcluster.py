@@ -11,13 +11,7 @@ always, grayscale p=0.2.
 Variants: `configs/deepcluster.py` (ImageNet), `configs/deepcluster.py:demo` (embedded digits, ResNet-18, CPU
 minutes).
 """
-from jssl.config import base_config, demo_run, digits_data, imagenet_data
-
-
-def deepcluster_augment():
-  return [dict(type='RandomRotation', degrees=2.),
-          dict(type='ColorJitter', brightness=0.4, contrast=0.4, saturation=1.0, hue=0.5, prob=1.0),
-          dict(type='RandomGrayscale', prob=0.2)]
+from jssl.config import base_config, clustering_augment, demo_run, digits_data, imagenet_data
 
 
 def get_config(arg=None):
@@ -44,12 +38,12 @@ def get_config(arg=None):
   c.optimizer.grad_accum_steps = 1
   c.schedule.update({'name': 'constant', 'warmup_epochs': 0.})
   c.data = imagenet_data(views=[dict(size=224, scale=(0.08, 1.0), interpolation='bilinear', flip_prob=0.5, num=1)],
-                         augment=deepcluster_augment())
+                         augment=clustering_augment())
 
   if arg == 'demo':
     size = 32
     c.data = digits_data(views=[dict(size=size, scale=(0.3, 1.0), interpolation='bilinear', flip_prob=0.0, num=1)],
-                         augment=deepcluster_augment(), image_size=size)
+                         augment=clustering_augment(), image_size=size)
     demo_run(c, size)
     # ResNet-18 at half width: XLA's CPU convolutions fall off a cliff at 64+ channels on 1x1/2x2 maps
     c.backbone.name = 'resnet18'

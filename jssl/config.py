@@ -103,6 +103,13 @@ def byol_augment_per_view(blur_kernel):
   return [byol_augment(1.0, 0.0, blur_kernel), byol_augment(0.1, 0.2, blur_kernel)]
 
 
+def clustering_augment():
+  """DeepCluster's and ODC's on-device augmentation (after the host's RandomResizedCrop + flip)."""
+  return [dict(type='RandomRotation', degrees=2.),
+          dict(type='ColorJitter', brightness=0.4, contrast=0.4, saturation=1.0, hue=0.5, prob=1.0),
+          dict(type='RandomGrayscale', prob=0.2)]
+
+
 def demo_run(c: ml_collections.ConfigDict, image_size: int) -> None:
   """Run-level settings of every ':demo' variant: minutes on a 2-core CPU."""
   c.log_every = 10

@@ -111,3 +111,12 @@ def swapped_prediction_loss(scores, codes, crops_for_assign, temperature):
     subloss = sum(-jnp.mean(jnp.sum(q * log_p[v], axis=-1)) for v in range(num_crops) if v != crop)
     loss += subloss / (num_crops - 1)
   return loss / len(crops_for_assign)
+
+
+def weighted_cross_entropy(logits, labels, class_weight=None):
+  """torch's CrossEntropyLoss(weight=w): sum_i w[y_i] * ce_i / sum_i w[y_i]; the plain mean without weights."""
+  ce = -jnp.take_along_axis(jax.nn.log_softmax(logits.astype(jnp.float32)), labels[:, None], axis=1)[:, 0]
+  if class_weight is None:
+    return jnp.mean(ce)
+  w = class_weight[labels]
+  return jnp.sum(w * ce) / jnp.sum(w)

@@ -19,23 +19,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jssl.losses import weighted_cross_entropy
 from jssl.methods.base import compute_dtype
 from jssl.models import build_backbone
 from jssl.models.heads import ClsHead
+from jssl.models.layers import sobel
 from jssl.models.necks import global_avg_pool
 from jssl.train import clustering
-
-SOBEL_X = ((1., 0., -1.), (2., 0., -2.), (1., 0., -1.))
-SOBEL_Y = ((1., 2., 1.), (0., 0., 0.), (-1., -2., -1.))
-
-
-def sobel(images):
-  """MMSelfSup's Sobel layer: grayscale as the channel mean (a fixed 1x1 conv of weight 1/3), then the two 3x3
-  Sobel filters (cross-correlation, zero padding 1): [B, H, W, 3] -> [B, H, W, 2]. No trainable parameters."""
-  gray = jnp.mean(images, axis=-1, keepdims=True)
-  kernel = jnp.stack([jnp.asarray(SOBEL_X), jnp.asarray(SOBEL_Y)], axis=-1)[:, :, None, :].astype(images.dtype)
-  return jax.lax.conv_general_dilated(gray, kernel, (1, 1), ((1, 1), (1, 1)),
-                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
 class ClusterClassifier(nn.Module):
@@ -50,15 +40,6 @@ class ClusterClassifier(nn.Module):
 
   def __call__(self, images, train: bool = True):
     return self.head(self.features(images, train=train))
-
-
-def weighted_cross_entropy(logits, labels, class_weight=None):
-  """torch's CrossEntropyLoss(weight=w): sum_i w[y_i] * ce_i / sum_i w[y_i]; the plain mean without weights."""
-  ce = -jnp.take_along_axis(jax.nn.log_softmax(logits.astype(jnp.float32)), labels[:, None], axis=1)[:, 0]
-  if class_weight is None:
-    return jnp.mean(ce)
-  w = class_weight[labels]
-  return jnp.sum(w * ce) / jnp.sum(w)
 
 
 class Method:

@@ -207,3 +207,16 @@ class Block(nn.Module):
     if self.layer_scale_init is not None:
       y = LayerScale(self.layer_scale_init, name='ls2')(y)
     return x + drop_path(y, deterministic=not train)
+
+
+SOBEL_X = ((1., 0., -1.), (2., 0., -2.), (1., 0., -1.))
+SOBEL_Y = ((1., 2., 1.), (0., 0., 0.), (-1., -2., -1.))
+
+
+def sobel(images):
+  """MMSelfSup's Sobel layer: grayscale as the channel mean (a fixed 1x1 conv of weight 1/3), then the two 3x3
+  Sobel filters (cross-correlation, zero padding 1): [B, H, W, 3] -> [B, H, W, 2]. No trainable parameters."""
+  gray = jnp.mean(images, axis=-1, keepdims=True)
+  kernel = jnp.stack([jnp.asarray(SOBEL_X), jnp.asarray(SOBEL_Y)], axis=-1)[:, :, None, :].astype(images.dtype)
+  return jax.lax.conv_general_dilated(gray, kernel, (1, 1), ((1, 1), (1, 1)),
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))

@@ -102,6 +102,25 @@ class LinearNeck(nn.Module):
     return nn.Dense(self.out_channels, kernel_init=torch_linear_init, dtype=self.dtype, name='fc')(x)
 
 
+class ODCNeck(nn.Module):
+  """MMSelfSup's ODCNeck: [avgpool] -> fc -> BN (no affine, torch momentum 0.001) -> ReLU -> dropout 0.5 -> fc -> ReLU.
+  Dropout needs the 'dropout' rng in train mode."""
+  hid_channels: int
+  out_channels: int
+  with_avg_pool: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    if self.with_avg_pool:
+      x = global_avg_pool(x)
+    x = nn.Dense(self.hid_channels, kernel_init=torch_linear_init, dtype=self.dtype, name='fc0')(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.999, epsilon=1e-5, use_scale=False, use_bias=False,
+                     dtype=self.dtype, name='bn0')(x)
+    x = nn.Dropout(0.5, deterministic=not train)(nn.relu(x))
+    return nn.relu(nn.Dense(self.out_channels, kernel_init=torch_linear_init, dtype=self.dtype, name='fc1')(x))
+
+
 class MoCoV2Neck(nn.Module):
   """MMSelfSup's MoCoV2Neck: [avgpool] -> fc -> ReLU -> fc, both with bias, no BatchNorm."""
   hid_channels: int

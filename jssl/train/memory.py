@@ -120,3 +120,73 @@ def kmeans(bank, centroids, iterations: int):
     return jnp.where((counts == 0)[:, None], reseed, new)
   centroids = jax.lax.fori_loop(0, iterations, body, centroids)
   return assign(bank, centroids)[0], centroids
+
+
+# --- ODC's small-cluster handling (MMSelfSup's ODCMemory.deal_with_small_clusters) ---------------------------------
+
+def member_centroid(bank, member, old):
+  """Mean bank row of the rows where `member` is True (`old` if there are none)."""
+  count = jnp.sum(member)
+  total = jnp.sum(jnp.where(member[:, None], bank, 0.), axis=0)
+  return jnp.where(count > 0, total / jnp.maximum(count, 1), old)
+
+
+def two_means(bank, member, iterations: int = 20):
+  """Splits the rows where `member` is True in two (Lloyd, squared Euclidean); returns the mask of the second part.
+
+  Deterministic start (the reference uses scikit-learn's KMeans(2, random_state=0)): the member farthest from the
+  members' mean, and the member farthest from that one. If a part comes out empty, the members split by position:
+  the second half (by index) is the second part (the reference: a random half)."""
+  mean = member_centroid(bank, member, jnp.zeros(bank.shape[1], bank.dtype))
+  far = lambda c: jnp.argmax(jnp.where(member, jnp.sum((bank - c) ** 2, axis=1), -1.))
+  a = bank[far(mean)]
+  b = bank[far(a)]
+
+  def second(a, b):
+    return member & (jnp.sum((bank - b) ** 2, axis=1) < jnp.sum((bank - a) ** 2, axis=1))
+
+  def body(_, ab):
+    a, b = ab
+    part = second(a, b)
+    return member_centroid(bank, member & ~part, a), member_centroid(bank, part, b)
+  a, b = jax.lax.fori_loop(0, iterations, body, (a, b))
+  part = second(a, b)
+  count = jnp.sum(member)
+  failed = (jnp.sum(part) == 0) | (jnp.sum(part) == count)
+  halves = member & (jnp.cumsum(member) - 1 >= count // 2)
+  return jnp.where(failed, halves, part)
+
+
+def deal_with_small_clusters(bank, labels, centroids, min_cluster: int, chunk: int = 4096):
+  """ODC's small-cluster step. Clusters with fewer than `min_cluster` rows (empty ones included) are emptied: each
+  of their rows moves to the most similar (dot product) centroid among the other clusters. Then, one after the
+  other in index order, each of them takes the second half of a 2-means split of the currently largest cluster,
+  and the centroids of both are recomputed. Returns (labels, centroids)."""
+  num_clusters = centroids.shape[0]
+  small = cluster_sizes(labels, num_clusters) < min_cluster
+  allowed = jnp.where(small, -jnp.inf, 0.)
+  chunk = min(chunk, labels.shape[0])
+
+  def still_small(labels):
+    return jnp.any(small[labels])
+
+  def move_some(labels):  # up to `chunk` rows of small clusters per pass (only they pay for the similarities)
+    in_small = small[labels]
+    _, rows = jax.lax.top_k(in_small.astype(jnp.float32), chunk)
+    target = jnp.argmax(bank[rows] @ centroids.T + allowed, axis=1).astype(labels.dtype)
+    return labels.at[rows].set(jnp.where(in_small[rows], target, labels[rows]))
+  labels = jax.lax.while_loop(still_small, move_some, labels)
+
+  empties = jnp.nonzero(small, size=num_clusters, fill_value=-1)[0]
+
+  def redirect(carry):
+    i, labels, centroids = carry
+    e = empties[i]
+    largest = jnp.argmax(cluster_sizes(labels, num_clusters))
+    part = two_means(bank, labels == largest)
+    labels = jnp.where(part, e, labels).astype(labels.dtype)
+    centroids = centroids.at[largest].set(member_centroid(bank, labels == largest, centroids[largest]))
+    centroids = centroids.at[e].set(member_centroid(bank, labels == e, centroids[e]))
+    return i + 1, labels, centroids
+  _, labels, centroids = jax.lax.while_loop(lambda c: c[0] < jnp.sum(small), redirect, (0, labels, centroids))
+  return labels, centroids

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from configs.deepcluster import get_config
+from jssl import losses
 from jssl.methods import deepcluster
+from jssl.models import layers
 from jssl.train import clustering
 from jssl.train.loop import Trainer
 from tests.conftest import run_python
@@ -41,12 +43,12 @@ def test_sobel_matches_mmselfsup_sobel_layer():
   gray.weight.data.fill_(1 / 3.)
   gray.bias.data.zero_()
   edges = torch.nn.Conv2d(1, 2, 3, padding=1)
-  edges.weight.data[0, 0] = torch.tensor(deepcluster.SOBEL_X)
-  edges.weight.data[1, 0] = torch.tensor(deepcluster.SOBEL_Y)
+  edges.weight.data[0, 0] = torch.tensor(layers.SOBEL_X)
+  edges.weight.data[1, 0] = torch.tensor(layers.SOBEL_Y)
   edges.bias.data.zero_()
   with torch.no_grad():
     ref = edges(gray(torch.from_numpy(images).permute(0, 3, 1, 2))).permute(0, 2, 3, 1).numpy()
-  np.testing.assert_allclose(deepcluster.sobel(jnp.asarray(images)), ref, atol=1e-5)
+  np.testing.assert_allclose(layers.sobel(jnp.asarray(images)), ref, atol=1e-5)
 
 
 def test_weighted_cross_entropy_matches_torch():
@@ -56,7 +58,7 @@ def test_weighted_cross_entropy_matches_torch():
   for w in (None, weight):
     ref = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels),
                                             weight=None if w is None else torch.from_numpy(w))
-    got = deepcluster.weighted_cross_entropy(jnp.asarray(logits), jnp.asarray(labels),
+    got = losses.weighted_cross_entropy(jnp.asarray(logits), jnp.asarray(labels),
                                              None if w is None else jnp.asarray(w))
     np.testing.assert_allclose(got, ref.item(), rtol=1e-6)
 

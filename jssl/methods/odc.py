@@ -1,0 +1,155 @@
+"""ODC (Zhan et al. 2020, Online Deep Clustering): the pseudo-labels evolve with the network, step by step, instead of
+being recomputed by a global clustering every epoch.
+
+Memories (`method_state`, MMSelfSup's ODCMemory): the samples memory holds every image's L2-normalized feature
+(`features`, [N, 256]) and pseudo-label (`labels`, [N]); the centroids memory holds the clusters' mean features
+(`centroids`, [K, 256]).
+  0. Once, before the first epoch: features of the whole training set (backbone -> ODCNeck, eval mode),
+     L2-normalized, k-means with k = `num_clusters` on the devices (no PCA: the reference's pca_dim=-1); the
+     memories start from them (centroids: the clusters' means).
+Per step, for one augmented view of each image i (its dataset index in batch['index']):
+  1. f_i = ODCNeck(backbone(view)) (fc-BN-ReLU-dropout-fc-ReLU, 256-d);
+  2. loss = cross-entropy of ClsHead(f_i) against labels[i], class-weighted by (1 / cluster size)^0.5, normalized
+     (the ODCHook's re-weighting, updated after every step);
+  3. samples memory: features[i] <- normalize(0.5 features[i] + 0.5 normalize(f_i)); labels[i] <- the centroid
+     most similar (dot product) to the new feature; `change_ratio` logs the fraction of batch labels that moved.
+After every step (ODCHook.after_train_iter, iteration counted from 1):
+  4. every `centroids_update_interval` (10) steps: every non-empty centroid <- the mean of its members' features;
+  5. every `small_clusters_interval` (1) steps: clusters under `min_cluster` (20) members are emptied into the
+     nearest other clusters and each refilled with half of a 2-means split of the largest cluster
+     (`memory.deal_with_small_clusters`);
+  6. the loss weights from the new cluster sizes.
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jssl.losses import l2_normalize, weighted_cross_entropy
+from jssl.methods.base import compute_dtype
+from jssl.models import build_backbone
+from jssl.models.heads import ClsHead
+from jssl.models.layers import sobel
+from jssl.models.necks import ODCNeck, global_avg_pool
+from jssl.train import clustering, memory
+
+
+class ODCNet(nn.Module):
+  """[Sobel ->] backbone -> ODCNeck -> ClsHead. Params: {'backbone', 'neck', 'head'}."""
+  backbone: nn.Module
+  neck: nn.Module
+  head: nn.Module
+  with_sobel: bool = False
+
+  def backbone_out(self, images, train):
+    return self.backbone(sobel(images) if self.with_sobel else images, train=train)[-1]
+
+  def __call__(self, images, train: bool = True):
+    feature = self.neck(self.backbone_out(images, train), train=train)
+    return feature, self.head(feature)
+
+  def neck_features(self, images):
+    return self.neck(self.backbone_out(images, False), train=False)
+
+  def features(self, images):
+    return global_avg_pool(self.backbone_out(images, False))
+
+
+def loss_weight(labels, num_clusters: int, power: float):
+  """The ODCHook's re-weighting: (1 / (size + 1e-10))^power, normalized to sum 1."""
+  inv = (1. / (memory.cluster_sizes(labels, num_clusters).astype(jnp.float32) + 1e-10)) ** power
+  return inv / jnp.sum(inv)
+
+
+class Method:
+  def __init__(self, config, total_steps=0, steps_per_epoch=0, num_records=0):
+    del total_steps, steps_per_epoch
+    m = config.model
+    if num_records <= 0:
+      raise ValueError(f'odc needs the training set size (num_records > 0), got {num_records}')
+    if m.num_clusters > num_records:
+      raise ValueError(f'config.model.num_clusters ({m.num_clusters}) exceeds the {num_records} training images')
+    self.num_records = num_records
+    self.num_clusters = m.num_clusters
+    self.feat_dim = m.neck_out_channels
+    self.memory_momentum = m.memory_momentum
+    self.min_cluster = m.min_cluster
+    self.centroids_update_interval = m.centroids_update_interval
+    self.small_clusters_interval = m.small_clusters_interval
+    self.reweight = m.reweight
+    self.reweight_pow = m.reweight_pow
+    self.kmeans_iterations = m.kmeans_iterations
+    dtype = compute_dtype(config)
+    self.net = ODCNet(
+        backbone=build_backbone(config.backbone.name, dtype=dtype, **config.backbone.get('kwargs', {})),
+        neck=ODCNeck(hid_channels=m.neck_hid_channels, out_channels=m.neck_out_channels, dtype=dtype),
+        head=ClsHead(num_classes=m.num_clusters, dtype=dtype), with_sobel=m.get('with_sobel', False))
+
+  def init(self, rng, batch):
+    net_rng, bank_rng = jax.random.split(rng)
+    variables = self.net.init(net_rng, batch['views'][0], train=False)
+    params = variables.pop('params')
+    # a valid memory from the start (random unit features, labels by index); the initial clustering replaces it
+    # before the first step (the reference starts from zeros and fills them the same way)
+    bank = memory.init_bank(bank_rng, self.num_records, self.feat_dim)
+    labels = jnp.arange(self.num_records, dtype=jnp.int32) % self.num_clusters
+    centroids = memory.compute_centroids(bank, labels, jnp.zeros((self.num_clusters, self.feat_dim), jnp.float32))
+    method_state = {'features': bank, 'labels': labels, 'centroids': centroids,
+                    'loss_weight': loss_weight(labels, self.num_clusters, self.reweight_pow)}
+    return params, dict(variables), method_state
+
+  def loss(self, params, model_state, method_state, batch, rng, step):
+    del step
+    index = batch['index'].astype(jnp.int32)
+    (feature, logits), new_model_state = self.net.apply(
+        {'params': params, **model_state}, batch['views'][0], train=True, mutable=list(model_state),
+        rngs={'dropout': rng})
+    labels = method_state['labels'][index]
+    loss = weighted_cross_entropy(logits, labels, method_state['loss_weight'] if self.reweight else None)
+    # the samples memory: momentum update of the features, then each image's label from the centroids
+    bank, rows = memory.momentum_update(method_state['features'], index, feature.astype(jnp.float32),
+                                        self.memory_momentum)
+    new_labels = memory.nearest_centroid(rows, method_state['centroids'])
+    metrics = {'loss': loss, 'change_ratio': jnp.mean(new_labels != labels)}
+    method_state = {**method_state, 'features': bank, 'labels': method_state['labels'].at[index].set(new_labels)}
+    return loss, (metrics, dict(new_model_state), method_state)
+
+  def after_step(self, params, method_state, step):
+    del params
+    bank, labels, centroids = method_state['features'], method_state['labels'], method_state['centroids']
+    done = step + 1  # the reference's hooks count iterations from 1
+    centroids = jax.lax.cond(done % self.centroids_update_interval == 0,
+                             lambda: memory.compute_centroids(bank, labels, centroids), lambda: centroids)
+    labels, centroids = jax.lax.cond(
+        done % self.small_clusters_interval == 0,
+        lambda: memory.deal_with_small_clusters(bank, labels, centroids, self.min_cluster),
+        lambda: (labels, centroids))
+    return {**method_state, 'labels': labels, 'centroids': centroids,
+            'loss_weight': loss_weight(labels, self.num_clusters, self.reweight_pow)}
+
+  def extract(self, params, model_state, images):
+    return self.net.apply({'params': params, **model_state}, images, method=ODCNet.features)
+
+  def neck_features(self, params, model_state, images):
+    return self.net.apply({'params': params, **model_state}, images, method=ODCNet.neck_features)
+
+  # --- the initial clustering (MMSelfSup: DeepClusterHook with init_memory=True, once) -----------------------------
+  def on_epoch(self, state, epoch, trainer):
+    if epoch > 0:
+      return state, 'online clustering (no global step)'
+    features, index = trainer.extract_train_features(state, self.neck_features)
+    valid = index >= 0
+    features = jnp.where(valid[:, None], l2_normalize(features.astype(jnp.float32), eps=1e-10), 0.)
+    rng = jax.random.fold_in(state.rng, 0x0DC)
+    centroids = clustering.init_centroids(rng, features, valid, self.num_clusters)
+    row_labels, _, objective = clustering.kmeans(features, valid, centroids, self.kmeans_iterations, trainer.mesh)
+    rows = jnp.where(valid, index, self.num_records)
+    labels = jnp.zeros((self.num_records,), jnp.int32).at[rows].set(row_labels, mode='drop')
+    bank = jnp.zeros((self.num_records, features.shape[1]), jnp.float32).at[rows].set(features, mode='drop')
+    centroids = memory.compute_centroids(bank, labels, jnp.zeros((self.num_clusters, features.shape[1])))
+    method_state = {**state.method_state, 'features': bank, 'labels': labels, 'centroids': centroids,
+                    'loss_weight': loss_weight(labels, self.num_clusters, self.reweight_pow)}
+    sizes = np.bincount(np.asarray(labels), minlength=self.num_clusters)
+    summary = (f'initial k-means on {self.num_records} images: {self.num_clusters} clusters, '
+               f'{int((sizes == 0).sum())} empty, sizes {sizes.min()}..{sizes.max()}, objective {float(objective):.4g}')
+    return state.replace(method_state=method_state), summary
