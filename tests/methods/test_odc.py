@@ -188,7 +188,7 @@ def test_odc_eight_devices_match_one_device():
   assert_devices_match('configs/odc.py:demo', {**SMALL, 'model.min_cluster': 134})
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # DeepCluster's resume test covers the per-epoch plan, NPID's the memory bank
 def test_odc_resumes_exactly(tmp_path):
   assert_resume_exact(tmp_path, 'configs/odc.py:demo', {**SMALL_16PX, 'batch_size': 119, 'total_steps': 30},
                       kill_after=19)

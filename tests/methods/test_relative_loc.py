@@ -150,7 +150,7 @@ def test_config_recipe_and_unknown_variant():
     get_config('nope')
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # a plain classification step: the generic 1-vs-8-device cases (SimCLR, Barlow Twins, MAE) cover it
 def test_eight_devices_match_one_device():
   assert_devices_match('configs/relative_loc.py:demo', SMALL)
 
