@@ -46,10 +46,7 @@ class Method:
   def __init__(self, config, total_steps=0, steps_per_epoch=0, num_records=0):
     del total_steps, steps_per_epoch
     m = config.model
-    if num_records <= 0:
-      raise ValueError(f'deepcluster needs the training set size (num_records > 0), got {num_records}')
-    if m.num_clusters > num_records:
-      raise ValueError(f'config.model.num_clusters ({m.num_clusters}) exceeds the {num_records} training images')
+    clustering.check_num_clusters('deepcluster', m.num_clusters, num_records)
     self.num_records = num_records
     self.num_clusters = m.num_clusters
     self.pca_dim = m.pca_dim
@@ -87,30 +84,27 @@ class Method:
 
   # --- epoch-level: the clustering -------------------------------------------------------------------------------
   def cluster(self, features, index, rng, mesh):
-    """Pseudo-labels [num_records] (by dataset index) and cluster sizes from row-sharded features."""
+    """Pseudo-labels [num_records] (by dataset index) and the k-means objective from row-sharded features."""
     valid = index >= 0
     whitened = clustering.pca_whiten(features, valid, dim=min(self.pca_dim, features.shape[1]))
     centroids = clustering.init_centroids(rng, whitened, valid, self.num_clusters)
     row_labels, _, objective = clustering.kmeans(whitened, valid, centroids, self.kmeans_iterations, mesh)
-    labels = jnp.zeros((self.num_records,), jnp.int32).at[jnp.where(valid, index, self.num_records)].set(
-        row_labels, mode='drop')
-    return labels, objective
+    return clustering.to_records(row_labels, index, self.num_records), objective
 
   def on_epoch(self, state, epoch, trainer):
     features, index = trainer.extract_train_features(state, self.extract)
     rng = jax.random.fold_in(jax.random.fold_in(state.rng, 0xDC), epoch)
     kmeans_rng, head_rng = jax.random.split(rng)
     labels, objective = self.cluster(features, index, kmeans_rng, trainer.mesh)
-    sizes = jnp.bincount(labels, length=self.num_clusters).astype(jnp.float32)
-    inv = (1. / (sizes + 1e-10)) ** self.reweight_pow
-    method_state = {**state.method_state, 'labels': labels, 'loss_weight': inv / jnp.sum(inv)}
+    method_state = {**state.method_state, 'labels': labels,
+                    'loss_weight': clustering.loss_weights(labels, self.num_clusters, self.reweight_pow)}
     # a new classifier for the new labels, and no optimizer memory of the old one
     head = self.head.init(head_rng, jnp.zeros((1, self.net_feature_dim(state.params)), jnp.float32))['params']
     params = {**state.params, 'head': head}
     opt_state = jax.tree_util.tree_map_with_path(
         lambda p, x: jnp.zeros_like(x) if any(getattr(k, 'key', None) == 'head' for k in p) else x,
         state.opt_state)
-    sizes = np.asarray(sizes)
+    sizes = np.bincount(np.asarray(labels), minlength=self.num_clusters)
     summary = (f'k-means on {self.num_records} images: {self.num_clusters} clusters, {int((sizes == 0).sum())} '
                f'empty, sizes {int(sizes.min())}..{int(sizes.max())}, objective {float(objective):.4g}')
     return state.replace(params=params, opt_state=opt_state, method_state=method_state), summary

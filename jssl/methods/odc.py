@@ -55,20 +55,11 @@ class ODCNet(nn.Module):
     return global_avg_pool(self.backbone_out(images, False))
 
 
-def loss_weight(labels, num_clusters: int, power: float):
-  """The ODCHook's re-weighting: (1 / (size + 1e-10))^power, normalized to sum 1."""
-  inv = (1. / (memory.cluster_sizes(labels, num_clusters).astype(jnp.float32) + 1e-10)) ** power
-  return inv / jnp.sum(inv)
-
-
 class Method:
   def __init__(self, config, total_steps=0, steps_per_epoch=0, num_records=0):
     del total_steps, steps_per_epoch
     m = config.model
-    if num_records <= 0:
-      raise ValueError(f'odc needs the training set size (num_records > 0), got {num_records}')
-    if m.num_clusters > num_records:
-      raise ValueError(f'config.model.num_clusters ({m.num_clusters}) exceeds the {num_records} training images')
+    clustering.check_num_clusters('odc', m.num_clusters, num_records)
     self.num_records = num_records
     self.num_clusters = m.num_clusters
     self.feat_dim = m.neck_out_channels
@@ -95,7 +86,7 @@ class Method:
     labels = jnp.arange(self.num_records, dtype=jnp.int32) % self.num_clusters
     centroids = memory.compute_centroids(bank, labels, jnp.zeros((self.num_clusters, self.feat_dim), jnp.float32))
     method_state = {'features': bank, 'labels': labels, 'centroids': centroids,
-                    'loss_weight': loss_weight(labels, self.num_clusters, self.reweight_pow)}
+                    'loss_weight': clustering.loss_weights(labels, self.num_clusters, self.reweight_pow)}
     return params, dict(variables), method_state
 
   def loss(self, params, model_state, method_state, batch, rng, step):
@@ -125,7 +116,7 @@ class Method:
         lambda: memory.deal_with_small_clusters(bank, labels, centroids, self.min_cluster),
         lambda: (labels, centroids))
     return {**method_state, 'labels': labels, 'centroids': centroids,
-            'loss_weight': loss_weight(labels, self.num_clusters, self.reweight_pow)}
+            'loss_weight': clustering.loss_weights(labels, self.num_clusters, self.reweight_pow)}
 
   def extract(self, params, model_state, images):
     return self.net.apply({'params': params, **model_state}, images, method=ODCNet.features)
@@ -143,12 +134,11 @@ class Method:
     rng = jax.random.fold_in(state.rng, 0x0DC)
     centroids = clustering.init_centroids(rng, features, valid, self.num_clusters)
     row_labels, _, objective = clustering.kmeans(features, valid, centroids, self.kmeans_iterations, trainer.mesh)
-    rows = jnp.where(valid, index, self.num_records)
-    labels = jnp.zeros((self.num_records,), jnp.int32).at[rows].set(row_labels, mode='drop')
-    bank = jnp.zeros((self.num_records, features.shape[1]), jnp.float32).at[rows].set(features, mode='drop')
+    labels = clustering.to_records(row_labels, index, self.num_records)
+    bank = clustering.to_records(features, index, self.num_records)
     centroids = memory.compute_centroids(bank, labels, jnp.zeros((self.num_clusters, features.shape[1])))
     method_state = {**state.method_state, 'features': bank, 'labels': labels, 'centroids': centroids,
-                    'loss_weight': loss_weight(labels, self.num_clusters, self.reweight_pow)}
+                    'loss_weight': clustering.loss_weights(labels, self.num_clusters, self.reweight_pow)}
     sizes = np.bincount(np.asarray(labels), minlength=self.num_clusters)
     summary = (f'initial k-means on {self.num_records} images: {self.num_clusters} clusters, '
                f'{int((sizes == 0).sum())} empty, sizes {sizes.min()}..{sizes.max()}, objective {float(objective):.4g}')

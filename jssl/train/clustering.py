@@ -143,6 +143,28 @@ def kmeans(x, valid, centroids, iterations: int, mesh, chunk: int = 16384):
   return labels, centroids, jnp.sum(dist)
 
 
+def check_num_clusters(method: str, num_clusters: int, num_records: int):
+  """A clustering method's config against its training set: one line naming the field at fault."""
+  if num_records <= 0:
+    raise ValueError(f'{method} needs the training set size (num_records > 0), got {num_records}')
+  if num_clusters > num_records:
+    raise ValueError(f'config.model.num_clusters ({num_clusters}) exceeds the {num_records} training images')
+
+
+def to_records(row_values, index, num_records: int):
+  """Per-row values (rows in any order, padding rows with index -1) -> an [num_records, ...] array by record."""
+  rows = jnp.where(index >= 0, index, num_records)
+  out = jnp.zeros((num_records,) + row_values.shape[1:], row_values.dtype)
+  return out.at[rows].set(row_values, mode='drop')
+
+
+def loss_weights(labels, num_clusters: int, power: float):
+  """DeepCluster's / ODC's loss re-weighting: (1 / (cluster size + 1e-10))^power, normalized to sum 1."""
+  sizes = jnp.zeros((num_clusters,), jnp.float32).at[labels].add(1.)
+  inv = (1. / (sizes + 1e-10)) ** power
+  return inv / jnp.sum(inv)
+
+
 def balanced_indices(labels, num_clusters: int, total: int, rng: np.random.Generator, replace: bool = True):
   """DeepCluster's uniform sampling over pseudo-classes (its UnifLabelSampler, MMSelfSup's DeepClusterSampler):
   every non-empty cluster contributes total // (non-empty clusters) + 1 draws (with replacement, or without it

@@ -121,7 +121,7 @@ def test_odc_step_and_hooks_match_numpy():
   bank = normalize(rng.normal(size=(40, 16))).astype(np.float32)
   labels = (np.arange(40) % 5).astype(np.int32)
   centroids = normalize(rng.normal(size=(5, 16))).astype(np.float32)
-  weight = odc.loss_weight(jnp.asarray(labels), 5, 0.5)
+  weight = clustering.loss_weights(jnp.asarray(labels), 5, 0.5)
   method_state = {'features': jnp.asarray(bank), 'labels': jnp.asarray(labels), 'centroids': jnp.asarray(centroids),
                   'loss_weight': weight}
   step_rng = jax.random.key(3)
