@@ -22,6 +22,10 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jssl.train.sharding import BATCH_AXES
 
+# Clustering in full float32: XLA:GPU would otherwise run these products in TF32 (10-bit mantissas), which moves
+# covariances, near-tie assignments and centroids; the cost is small next to an epoch of training.
+_dot = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)
+
 SPLIT_EPS = 1. / 1024  # faiss' perturbation when an empty cluster takes half of a large one
 
 
@@ -57,17 +61,17 @@ def pca_whiten(x, valid, dim: int):
   n = jnp.sum(w)
   mean = jnp.sum(x * w, axis=0) / n
   xc = (x - mean) * w
-  cov = xc.T @ xc / n
+  cov = _dot(xc.T, xc) / n
   eigenvalues, eigenvectors = jnp.linalg.eigh(cov)  # ascending
   top = eigenvectors[:, ::-1][:, :dim]
   scale = jnp.maximum(eigenvalues[::-1][:dim], jnp.finfo(x.dtype).tiny) ** -0.5
-  y = (xc @ top) * scale
+  y = _dot(xc, top) * scale
   return y / (jnp.linalg.norm(y, axis=1, keepdims=True) + 1e-10) * w
 
 
 def _assign_chunk(x, centroids):
   """Nearest centroid by squared Euclidean distance: argmin |c|^2 - 2 x.c (|x|^2 is common to a row)."""
-  scores = jnp.sum(centroids * centroids, axis=1)[None, :] - 2. * x @ centroids.T
+  scores = jnp.sum(centroids * centroids, axis=1)[None, :] - 2. * _dot(x, centroids.T)
   labels = jnp.argmin(scores, axis=1).astype(jnp.int32)
   dist = jnp.take_along_axis(scores, labels[:, None], axis=1)[:, 0] + jnp.sum(x * x, axis=1)
   return labels, dist

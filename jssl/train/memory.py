@@ -13,8 +13,13 @@ row is updated once, from the mean of that row's normalized features in the batc
 same value, so the result is deterministic and independent of the device count (the reference's scatter with
 duplicate indices keeps an arbitrary one of them).
 """
+import functools
+
 import jax
 import jax.numpy as jnp
+
+# full float32 products (no TF32 on GPU): memory features, centroids and assignments stay exact
+_dot = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)
 
 
 def l2_normalize(x, axis=-1, eps=1e-12):
@@ -43,7 +48,7 @@ def dedup_mean(index, features):
   """Per batch row, the mean of the rows of `features` whose index equals its own ([B, D]). Rows of a duplicated
   index get identical values."""
   same = (index[:, None] == index[None, :]).astype(features.dtype)
-  return (same @ features) / jnp.sum(same, axis=1, keepdims=True)
+  return _dot(same, features) / jnp.sum(same, axis=1, keepdims=True)
 
 
 def momentum_update(bank, index, features, momentum):
@@ -71,7 +76,7 @@ def compute_centroids(bank, labels, old_centroids):
 
 def nearest_centroid(features, centroids):
   """Label of the centroid with the largest dot product (the reference's argmax of centroids . feature)."""
-  return jnp.argmax(features @ centroids.T, axis=1).astype(jnp.int32)
+  return jnp.argmax(_dot(features, centroids.T), axis=1).astype(jnp.int32)
 
 
 def sample_same_cluster(rng, labels, query_labels):
@@ -93,12 +98,12 @@ def assign(bank, centroids, chunk: int = 65536):
   the [N, C] similarities never exist at once (ImageNet: 1.28M x 10,000)."""
   n = bank.shape[0]
   if n <= chunk:
-    sims = bank @ centroids.T
+    sims = _dot(bank, centroids.T)
     return jnp.argmax(sims, axis=1).astype(jnp.int32), jnp.max(sims, axis=1)
   pad = -n % chunk
   rows = jnp.pad(bank, ((0, pad), (0, 0))).reshape(-1, chunk, bank.shape[1])
   def one(x):
-    sims = x @ centroids.T
+    sims = _dot(x, centroids.T)
     return jnp.argmax(sims, axis=1).astype(jnp.int32), jnp.max(sims, axis=1)
   labels, best = jax.lax.map(one, rows)
   return labels.reshape(-1)[:n], best.reshape(-1)[:n]
@@ -173,7 +178,7 @@ def deal_with_small_clusters(bank, labels, centroids, min_cluster: int, chunk: i
   def move_some(labels):  # up to `chunk` rows of small clusters per pass (only they pay for the similarities)
     in_small = small[labels]
     _, rows = jax.lax.top_k(in_small.astype(jnp.float32), chunk)
-    target = jnp.argmax(bank[rows] @ centroids.T + allowed, axis=1).astype(labels.dtype)
+    target = jnp.argmax(_dot(bank[rows], centroids.T) + allowed, axis=1).astype(labels.dtype)
     return labels.at[rows].set(jnp.where(in_small[rows], target, labels[rows]))
   labels = jax.lax.while_loop(still_small, move_some, labels)
 
