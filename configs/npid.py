@@ -28,7 +28,7 @@ def get_config(arg=None):
   c.optimizer.exclude_1d_from_decay = False  # torch SGD: weight decay on BN and biases too
   c.optimizer.grad_clip_norm = 0.
   c.optimizer.grad_accum_steps = 1
-  c.schedule.update({'name': 'step', 'warmup_epochs': 0., 'milestones': [120, 160], 'gamma': 0.1})
+  c.schedule.update({'name': 'step', 'warmup_epochs': 0., 'milestones': (120, 160), 'gamma': 0.1})
   c.data = imagenet_data(views=[dict(size=224, scale=(0.2, 1.0), interpolation='bilinear', flip_prob=0.5, num=1)],
                          augment=mocov1_augment())
 
@@ -44,7 +44,7 @@ def get_config(arg=None):
     c.batch_size = 128
     c.epochs = 30
     c.optimizer.lr = 0.03           # the reference's; 0.3 reached 59.6% kNN, 0.1 88.9% (random init 91.1%)
-    c.schedule.milestones = [18, 24]
+    c.schedule.milestones = (18, 24)
   elif arg:
     raise ValueError(f"configs/npid.py: unknown variant '{arg}'; valid: demo")
   return c
