@@ -26,6 +26,7 @@ def base_config() -> ml_collections.ConfigDict:
       'every': 0,                     # > 0: kNN monitor every N steps
       'at_end': True,                 # kNN of the trained and the random-init backbone into results.json
       'knn_k': 20, 'knn_t': 0.07, 'batch_size': 256,
+      'feature_stage': -1,            # -1: the method's features; k >= 0: backbone output k pooled (ResNet 0..4)
       'resize': 256, 'crop': 224, 'interpolation': 'bilinear',
   })
   c.backbone = ml_collections.ConfigDict({'name': '', 'kwargs': ml_collections.ConfigDict()})

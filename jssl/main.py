@@ -57,7 +57,10 @@ def main(argv):
       trainer.run()
     else:
       from jssl import checkpoint
-      state, step = checkpoint.restore_params(_WORKDIR.value, trainer.abstract_state)
+      try:
+        state, step = checkpoint.restore_params(_WORKDIR.value, trainer.abstract_state)
+      except FileNotFoundError as e:  # --mode=eval on a workdir that has not trained
+        fail(f'--workdir: {e}')
       result = trainer.evaluate_knn(state)
       print(f'step {step} | kNN (k={config.eval.knn_k}) top-1 {result["top1"]:.2f} top-5 {result["top5"]:.2f}')
   except (ConfigError, DataNotFoundError, ConversionError) as e:

@@ -41,3 +41,11 @@ def test_missing_imagenet_names_location_and_demo(tmp_path, config):
   proc = run_main(f'--config={config}', f'--workdir={tmp_path}', f'--config.data.root={tmp_path}/imagenet')
   assert_one_line_error(proc, f'{tmp_path}/imagenet', 'config.data.root', ':demo')
   assert not (tmp_path / 'checkpoints').exists()
+
+
+def test_sobel_without_two_channel_backbone_and_eval_without_checkpoint(tmp_path):
+  assert_one_line_error(run_main('--config=configs/odc.py:demo', f'--workdir={tmp_path}',
+                                 '--config.model.with_sobel=True'),
+                        'config.model.with_sobel', 'config.backbone.kwargs.in_channels=2')
+  assert_one_line_error(run_main('--config=configs/simclr.py:demo', f'--workdir={tmp_path}', '--mode=eval'),
+                        '--workdir', 'no checkpoint', str(tmp_path))

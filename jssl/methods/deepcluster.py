@@ -23,7 +23,7 @@ from jssl.losses import weighted_cross_entropy
 from jssl.methods.base import compute_dtype
 from jssl.models import build_backbone
 from jssl.models.heads import ClsHead
-from jssl.models.layers import sobel
+from jssl.models.layers import check_sobel_input, sobel
 from jssl.models.necks import global_avg_pool
 from jssl.train import clustering
 
@@ -47,6 +47,7 @@ class Method:
     del total_steps, steps_per_epoch
     m = config.model
     clustering.check_num_clusters('deepcluster', m.num_clusters, num_records)
+    check_sobel_input(m.with_sobel, config.backbone.get('kwargs'))
     self.num_records = num_records
     self.num_clusters = m.num_clusters
     self.pca_dim = m.pca_dim

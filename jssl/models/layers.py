@@ -213,6 +213,14 @@ SOBEL_X = ((1., 0., -1.), (2., 0., -2.), (1., 0., -1.))
 SOBEL_Y = ((1., 2., 1.), (0., 0., 0.), (-1., -2., -1.))
 
 
+def check_sobel_input(with_sobel: bool, backbone_kwargs) -> None:
+  """The backbone behind a Sobel layer reads its two gradient maps: one line naming the fields otherwise."""
+  in_channels = dict(backbone_kwargs or {}).get('in_channels', 3)
+  if with_sobel and in_channels != 2:
+    raise ValueError(f'config.model.with_sobel=True feeds the backbone 2 channels (the Sobel gradients): set '
+                     f'config.backbone.kwargs.in_channels=2 (it is {in_channels})')
+
+
 def sobel(images):
   """MMSelfSup's Sobel layer: grayscale as the channel mean (a fixed 1x1 conv of weight 1/3), then the two 3x3
   Sobel filters (cross-correlation, zero padding 1): [B, H, W, 3] -> [B, H, W, 2]. No trainable parameters."""

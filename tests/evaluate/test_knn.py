@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from jssl.evaluate import knn
 
@@ -50,3 +51,32 @@ def test_extract_features_order_and_padding():
                                        normalize=lambda x: x.astype(jnp.float32))
   np.testing.assert_allclose(feats[:, 0], np.arange(10))
   np.testing.assert_array_equal(labels, np.arange(10) % 3)
+
+
+def test_knn_reads_the_chosen_backbone_output():
+  """config.eval.feature_stage: k >= 0 pools backbone output k (after the Sobel layer of DeepCluster's input); the
+  last stage is exactly what the method's own `extract` gives; a stage the backbone lacks is one line."""
+  import jax
+  from jssl.config import load_config_file
+  from jssl.models import build_backbone
+  from jssl.models.layers import sobel
+  from jssl.train.loop import Trainer
+  from tests.conftest import apply_overrides
+  c = apply_overrides(load_config_file('configs/deepcluster.py:demo'),
+                      {'backbone.kwargs.num_filters': 8, 'model.num_clusters': 4, 'model.pca_dim': 4})
+  trainer = Trainer(c, None, num_records=40, devices=jax.devices()[:1])
+  state = trainer.init_state(jax.random.PRNGKey(0))
+  images = np.random.default_rng(0).normal(size=(4, 16, 16, 3)).astype(np.float32)
+  all_outputs = build_backbone(c.backbone.name, **{**c.backbone.kwargs, 'out_indices': (0, 1, 2, 3, 4)})
+  variables = {'params': state.params['backbone'], 'batch_stats': state.model_state['batch_stats']['backbone']}
+  maps = all_outputs.apply(variables, sobel(images), train=False)
+  for stage in range(5):
+    c.eval.feature_stage = stage
+    np.testing.assert_allclose(trainer.knn_features(state)(images), np.asarray(maps[stage]).mean(axis=(1, 2)),
+                               rtol=1e-5, atol=1e-6)
+  c.eval.feature_stage = -1
+  np.testing.assert_allclose(trainer.knn_features(state)(images), np.asarray(maps[4]).mean(axis=(1, 2)),
+                             rtol=1e-5, atol=1e-6)
+  c.eval.feature_stage = 5
+  with pytest.raises(ValueError, match=r'config.eval.feature_stage: 5 .* valid: -1 .*0\.\.4'):
+    trainer.knn_features(state)
