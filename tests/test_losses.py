@@ -1,6 +1,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jssl import losses
 
@@ -70,3 +71,16 @@ def test_cosine_losses_match_numpy_and_stop_the_target_gradient():
   np.testing.assert_allclose(losses.negative_cosine_similarity(p, z), -np.mean(cos), rtol=1e-5)
   for fn in (losses.cosine_similarity_loss, losses.negative_cosine_similarity):
     assert np.all(jax.grad(lambda t: fn(jnp.asarray(p), t))(jnp.asarray(z)) == 0)
+
+
+def test_weighted_cross_entropy_matches_torch():
+  torch = pytest.importorskip('torch')
+  rng = np.random.default_rng(1)
+  logits, labels = rng.normal(size=(7, 5)).astype(np.float32), rng.integers(0, 5, 7)
+  weight = rng.random(5).astype(np.float32)
+  for w in (None, weight):
+    ref = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels),
+                                            weight=None if w is None else torch.from_numpy(w))
+    got = losses.weighted_cross_entropy(jnp.asarray(logits), jnp.asarray(labels),
+                                        None if w is None else jnp.asarray(w))
+    np.testing.assert_allclose(got, ref.item(), rtol=1e-6)

@@ -1,4 +1,4 @@
-"""DeepCluster: the Sobel layer and the weighted cross-entropy against torch, the clustering of `on_epoch` against
+"""DeepCluster: the clustering of `on_epoch` against
 scikit-learn's KMeans from the same initial centroids, the epoch's uniform sampling read by the loader, then
 8 devices vs 1 (the step and the whole clustering), exact resume mid-epoch and the demo."""
 import jax
@@ -7,9 +7,7 @@ import numpy as np
 import pytest
 
 from configs.deepcluster import get_config
-from jssl import losses
 from jssl.methods import deepcluster
-from jssl.models import layers
 from jssl.train import clustering
 from jssl.train.loop import Trainer
 from tests.conftest import run_python
@@ -33,34 +31,6 @@ def small_config(**overrides):
   c.batch_size = 64
   c.update(overrides)
   return c
-
-
-def test_sobel_matches_mmselfsup_sobel_layer():
-  # MMSelfSup's Sobel: Conv2d(3, 1, 1) with weight 1/3 and bias 0, then Conv2d(1, 2, 3, padding=1) with the two
-  # Sobel kernels and bias 0
-  images = np.random.default_rng(0).normal(size=(2, 9, 11, 3)).astype(np.float32)
-  gray = torch.nn.Conv2d(3, 1, 1)
-  gray.weight.data.fill_(1 / 3.)
-  gray.bias.data.zero_()
-  edges = torch.nn.Conv2d(1, 2, 3, padding=1)
-  edges.weight.data[0, 0] = torch.tensor(layers.SOBEL_X)
-  edges.weight.data[1, 0] = torch.tensor(layers.SOBEL_Y)
-  edges.bias.data.zero_()
-  with torch.no_grad():
-    ref = edges(gray(torch.from_numpy(images).permute(0, 3, 1, 2))).permute(0, 2, 3, 1).numpy()
-  np.testing.assert_allclose(layers.sobel(jnp.asarray(images)), ref, atol=1e-5)
-
-
-def test_weighted_cross_entropy_matches_torch():
-  rng = np.random.default_rng(1)
-  logits, labels = rng.normal(size=(7, 5)).astype(np.float32), rng.integers(0, 5, 7)
-  weight = rng.random(5).astype(np.float32)
-  for w in (None, weight):
-    ref = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels),
-                                            weight=None if w is None else torch.from_numpy(w))
-    got = losses.weighted_cross_entropy(jnp.asarray(logits), jnp.asarray(labels),
-                                             None if w is None else jnp.asarray(w))
-    np.testing.assert_allclose(got, ref.item(), rtol=1e-6)
 
 
 def test_loss_classifies_each_image_into_its_pseudo_label():
@@ -154,9 +124,13 @@ print('ok', np.bincount(out[8]).tolist())
 '''
 
 
-@pytest.mark.slow
-def test_deepcluster_eight_devices_match_one_device():
+@pytest.mark.heavy  # a plain classification step: ODC's 8-device test covers one with memories besides
+def test_deepcluster_step_on_eight_devices_matches_one_device():
   assert_devices_match('configs/deepcluster.py:demo', SMALL)
+
+
+@pytest.mark.slow
+def test_deepcluster_clustering_on_eight_devices_matches_one_device():
   # the epoch-level work: features over the mesh, PCA, k-means and the pseudo-labels
   overrides = {**SMALL, 'data.views.0.size': 16, 'data.image_size': 16, 'eval.resize': 16, 'eval.crop': 16}
   assert 'ok' in run_python(EPOCH_ON_DEVICES % __import__('json').dumps(overrides), devices=8).stdout

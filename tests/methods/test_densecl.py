@@ -205,7 +205,7 @@ def test_loss_weight_warmup_matches_denseclhook():
     assert float(method.lambda_at(it)) == model.loss_lambda, it
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # MoCo v2's 8-device test covers the queue and the key encoder across devices
 def test_eight_devices_and_fsdp_match_one_device():
   from tests.train.test_sharding import assert_devices_match
   assert_devices_match('configs/densecl.py:demo', {**SMALL, 'data.views.0.size': 48, 'model.loss_lambda_warmup': 1})

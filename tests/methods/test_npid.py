@@ -100,7 +100,7 @@ def test_config_is_the_reference_recipe():
     get_config('nope')
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # InterCLR's 8-device test covers the same memory bank across devices
 def test_npid_eight_devices_match_one_device():
   out = assert_devices_match('configs/npid.py:demo', SMALL)
   assert len(out['one']['method_state_sums']) == 1  # the bank is compared

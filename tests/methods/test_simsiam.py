@@ -131,7 +131,7 @@ def test_simsiam_loss_and_gradient_match_mmpretrain():
                              rtol=1e-3, atol=1e-6)
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # nothing crosses devices but BN and the gradient: SimCLR's generic case covers them
 def test_simsiam_eight_devices_and_fsdp_match_one_device():
   assert_devices_match('configs/simsiam.py:demo', {**SMALL, 'data.views.0.size': 16})
 

@@ -231,7 +231,7 @@ def test_eight_devices_and_fsdp_match_one_device():
                                                 'model.freeze_prototypes_iters': 1})
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # MoCo v2's resume test covers a queue; test_queue_starts_at_its_epoch SwAV's own schedule
 def test_killed_run_resumes_to_identical_params(tmp_path):
   # batch 64 on digits: 22 steps per epoch; the queue starts at epoch 0 and fills in 2 steps, prototypes
   # unfreeze at step 20: all of it crosses the kill at step 15 and the resume
