@@ -98,12 +98,6 @@ class Trainer:
     self.abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                        abstract, self.state_sharding)
     self.init_state = jax.jit(init_state, out_shardings=self.state_sharding)
-    state_size = sum(x.size for x in jax.tree.leaves(abstract))
-    if self.mesh.devices.flat[0].platform == 'cpu' and state_size <= 20_000_000:
-      # small states on the CPU: the init runs once and its compile dominates (every initializer's RNG is
-      # expanded; a half-width ResNet-18 compiles in 5.4 s and runs in 0.04 s), so skip LLVM's optimizations:
-      # 1.7 s + 0.26 s. Large states run slower unoptimized than they compile (ODC's 1.28M-image memory: 18 vs 4 s)
-      self.init_state = _compiled_on_first_call(self.init_state, {'xla_backend_optimization_level': 0})
     self.tx = optim.build_optimizer(config.optimizer, self.schedule, abstract.params)
     self.train_step = jax.jit(make_train_step(self.method, self.tx, self.augment_fns),
                               in_shardings=(self.state_sharding, self.batch_sharding),
@@ -285,16 +279,6 @@ class Trainer:
       writer.close()
     manager.close()
     return state, results
-
-
-def _compiled_on_first_call(jitted, compiler_options):
-  """`jitted` compiled with XLA `compiler_options` when first called (one argument signature)."""
-  compiled = []
-  def call(*args):
-    if not compiled:
-      compiled.append(jitted.lower(*args).compile(compiler_options))
-    return compiled[0](*args)
-  return call
 
 
 def _summary_writer(workdir):
