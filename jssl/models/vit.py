@@ -43,6 +43,8 @@ class VisionTransformer(nn.Module):
   rel_pos_bias: a BEiT relative position bias in every block (usually with
   pos_embed='none'). frozen_patch_embed: MoCo v3's stop-gradient after the
   patch projection, so it is never trained. qkv_bias: True | False | 'qv'.
+  mask_token: a learned token (truncated normal, std 0.02) that replaces the patch embeddings where `mask` [B, N]
+  is 1, before the position embedding (MaskFeat's and SimMIM's encoders; the whole grid is encoded).
   """
   img_size: int = 224
   patch_size: int = 16
@@ -61,6 +63,7 @@ class VisionTransformer(nn.Module):
   use_fc_norm: bool = False
   rel_pos_bias: bool = False
   frozen_patch_embed: bool = False
+  mask_token: bool = False
 
   @property
   def feature_dim(self):
@@ -71,7 +74,7 @@ class VisionTransformer(nn.Module):
     return self.img_size // self.patch_size
 
   @nn.compact
-  def __call__(self, x, train: bool = False, ids_keep=None):
+  def __call__(self, x, train: bool = False, ids_keep=None, mask=None):
     if self.output not in ('tokens', 'cls', 'mean', 'patch'):
       raise ValueError(f"unknown output '{self.output}'; "
                        'valid: tokens, cls, mean, patch')
@@ -86,6 +89,13 @@ class VisionTransformer(nn.Module):
     if self.frozen_patch_embed:
       x = jax.lax.stop_gradient(x)
     b = x.shape[0]
+    if self.mask_token:
+      token = self.param('mask_token', nn.initializers.truncated_normal(0.02), (1, 1, self.embed_dim))
+      if mask is not None:
+        m = mask.reshape(b, -1, 1).astype(x.dtype)
+        x = x * (1 - m) + token.astype(x.dtype) * m
+    elif mask is not None:
+      raise ValueError('VisionTransformer: a mask needs mask_token=True')
 
     num_pos = 1 + self.grid_size**2
     if self.pos_embed == 'learned':

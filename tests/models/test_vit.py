@@ -282,3 +282,29 @@ def test_vit_huge_registry():
   out = jax.eval_shape(lambda x: model.init_with_output(
       jax.random.key(0), x)[0], jnp.zeros((1, 224, 224, 3)))
   assert out.shape == (1, 257, 1280)
+
+
+def test_mask_token_replaces_masked_patches_like_maskfeat_vit():
+  """MaskFeatViT's masked forward (mmpretrain): x * (1 - mask) + mask_token * mask after the patch projection, then
+  cls token and position embedding, blocks, final norm; written out on timm's modules with the same weights."""
+  torch_model = make_timm()
+  model = VisionTransformer(**CONFIG, mask_token=True)
+  variables = timm_to_flax(torch_model)
+  token = np.random.RandomState(1).randn(1, 1, 64).astype(np.float32)
+  variables['params']['mask_token'] = jnp.asarray(token)
+  x, x_nhwc = random_images()
+  mask = np.zeros((2, 16), np.float32)
+  mask[0, [0, 5, 6]] = 1
+  mask[1, 3:11] = 1
+  with torch.no_grad():
+    t = torch_model.patch_embed(torch.from_numpy(x))
+    m = torch.from_numpy(mask)[..., None]
+    t = t * (1 - m) + torch.from_numpy(token) * m
+    t = torch.cat([torch_model.cls_token.expand(2, -1, -1), t], dim=1) + torch_model.pos_embed
+    expected = torch_model.norm(torch_model.blocks(t)).numpy()
+  assert_same_structure(model, variables, x_nhwc)
+  assert_close(jax.jit(model.apply)(variables, x_nhwc, mask=jnp.asarray(mask)), expected)
+  # no mask: the token is unused and the encoder is the plain ViT
+  assert_close(model.apply(variables, x_nhwc), VisionTransformer(**CONFIG).apply(timm_to_flax(torch_model), x_nhwc))
+  with pytest.raises(ValueError, match='mask_token=True'):
+    VisionTransformer(**CONFIG).apply(timm_to_flax(torch_model), x_nhwc, mask=jnp.asarray(mask))
