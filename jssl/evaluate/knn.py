@@ -41,19 +41,29 @@ def knn_accuracy(train_features, train_labels, test_features, test_labels, k=20,
   return {'top1': 100. * top1 / n, 'top5': 100. * top5 / n}
 
 
-def extract_features(extract_fn, source, transform, batch_size, mesh, normalize, num_threads=4):
-  """Features and labels of every record of `source`, in order.
+def make_extractor(extract_fn, normalize, mesh):
+  """jit of (variables, uint8 images, labels) -> (features, labels) for `extract_features`.
 
-  `extract_fn(images_float) -> [B, D]` is jit'd with the batch sharded over all devices; each host reads the
-  records of its share of every global batch, and the last batch is padded (and the padding dropped).
+  `extract_fn(variables, images_float) -> [B, D]`; the variables are an argument, not a closure, so that one
+  compiled program serves every state of a run (the trained and the random-init kNN at the end, monitors).
+  The batch is sharded over all devices; the outputs are replicated.
+  """
+  # input shardings come from the arguments (batch-sharded images, the state's own layout); labels ride along so
+  # that every host ends with all of them, whichever host read the record
+  return jax.jit(lambda variables, x, y: (extract_fn(variables, normalize(x)), y),
+                 out_shardings=sharding.replicated(mesh))
+
+
+def extract_features(extractor, variables, source, transform, batch_size, mesh, num_threads=4):
+  """Features and labels of every record of `source`, in order, by `extractor` (from `make_extractor`).
+
+  Each host reads the records of its share of every global batch, and the last batch is padded (and the
+  padding dropped).
   """
   n = len(source)
   procs, proc = jax.process_count(), jax.process_index()
   per_host = batch_size // procs
   in_sharding = sharding.batch_sharding(mesh)
-  # labels ride along so that every host ends with all of them, whichever host read the record
-  fn = jax.jit(lambda x, y: (extract_fn(normalize(x)), y), in_shardings=(in_sharding, in_sharding),
-               out_shardings=sharding.replicated(mesh))
   feats, labels = [], []
   with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
     for start in range(0, n, batch_size):
@@ -61,8 +71,8 @@ def extract_features(extract_fn, source, transform, batch_size, mesh, normalize,
       records = list(pool.map(lambda i: transform.map(source[i]), ids))
       images = np.stack([r['image'] for r in records])
       local_labels = np.array([r['label'] for r in records], np.int32)
-      out_feats, out_labels = fn(jax.make_array_from_process_local_data(in_sharding, images),
-                                 jax.make_array_from_process_local_data(in_sharding, local_labels))
+      out_feats, out_labels = extractor(variables, jax.make_array_from_process_local_data(in_sharding, images),
+                                        jax.make_array_from_process_local_data(in_sharding, local_labels))
       count = min(batch_size, n - start)
       feats.append(np.asarray(out_feats)[:count])
       labels.append(np.asarray(out_labels)[:count])

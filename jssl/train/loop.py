@@ -160,13 +160,18 @@ class Trainer:
 
   # --- evaluation -------------------------------------------------------------------------------------------
   def knn_features(self, state):
-    """images -> what kNN reads: the method's features (`method.extract`), or, with config.eval.feature_stage
-    >= 0, that backbone output global-average-pooled (ResNet: 0 the stem, 1..4 the stages, MMSelfSup's feat1..
-    feat5; Swin: 0..3), for pretext tasks whose last stage specializes (Rotation Prediction, Relative Location)."""
+    """images -> what kNN reads under `state` (see `knn_extract_fn`)."""
+    fn, variables = self.knn_extract_fn(), self.knn_variables(state)
+    return lambda x: fn(variables, x)
+
+  def knn_extract_fn(self):
+    """(variables, images) -> features for kNN: the method's features (`method.extract`), or, with
+    config.eval.feature_stage >= 0, that backbone output global-average-pooled (ResNet: 0 the stem, 1..4 the
+    stages, MMSelfSup's feat1..feat5; Swin: 0..3), for pretext tasks whose last stage specializes (Rotation
+    Prediction, Relative Location). `knn_variables(state)` gives the matching variables."""
     stage = self.config.eval.get('feature_stage', -1)
     if stage < 0:
-      return lambda x: self.method.extract(state.params, state.model_state, x)
-    from jssl.convert import backbone_subtree
+      return lambda variables, x: self.method.extract(*variables, x)
     from jssl.methods.base import compute_dtype
     from jssl.models import build_backbone
     from jssl.models.layers import sobel
@@ -179,23 +184,32 @@ class Trainer:
       valid = f'-1 (the method\'s features), 0..{count - 1}' if count else "-1 (the method's features)"
       raise ValueError(f'config.eval.feature_stage: {stage} is not an output of {b.name}; valid: {valid}')
     backbone = backbone.clone(out_indices=(stage,))
-    variables = backbone_subtree(state)
     with_sobel = self.config.model.get('with_sobel', False)
-    return lambda x: global_avg_pool(backbone.apply(variables, sobel(x) if with_sobel else x, train=False)[0])
+    return lambda variables, x: global_avg_pool(backbone.apply(variables, sobel(x) if with_sobel else x,
+                                                               train=False)[0])
+
+  def knn_variables(self, state):
+    if self.config.eval.get('feature_stage', -1) < 0:
+      return (state.params, state.model_state)
+    from jssl.convert import backbone_subtree
+    return backbone_subtree(state)
 
   def evaluate_knn(self, state):
     """Weighted kNN top-1/top-5 of the backbone's features, train split as memory, val split as queries."""
     d, e = self.config.data, self.config.eval
     if not hasattr(self, '_eval_sources'):
       self._eval_sources = (sources.build_source(d, 'train'), sources.build_source(d, 'val'))
+    key = e.get('feature_stage', -1)
+    if getattr(self, '_knn_extractor', (None,))[0] != key:  # compiled once per run for every state evaluated
+      mean, std = jnp.asarray(d.mean, jnp.float32), jnp.asarray(d.std, jnp.float32)
+      normalize = lambda x: (x.astype(jnp.float32) / 255. - mean) / std
+      self._knn_extractor = (key, knn.make_extractor(self.knn_extract_fn(), normalize, self.mesh))
+    extractor, variables = self._knn_extractor[1], self.knn_variables(state)
     transform = transforms.ResizeCenterCrop(resize=e.resize, crop=e.crop, interpolation=e.interpolation)
-    mean, std = jnp.asarray(d.mean, jnp.float32), jnp.asarray(d.std, jnp.float32)
-    normalize = lambda x: (x.astype(jnp.float32) / 255. - mean) / std
-    extract = self.knn_features(state)
-    train_f, train_y = knn.extract_features(extract, self._eval_sources[0], transform, e.batch_size, self.mesh,
-                                            normalize)
-    test_f, test_y = knn.extract_features(extract, self._eval_sources[1], transform, e.batch_size, self.mesh,
-                                          normalize)
+    train_f, train_y = knn.extract_features(extractor, variables, self._eval_sources[0], transform, e.batch_size,
+                                            self.mesh)
+    test_f, test_y = knn.extract_features(extractor, variables, self._eval_sources[1], transform, e.batch_size,
+                                          self.mesh)
     return knn.knn_accuracy(train_f, train_y, test_f, test_y, k=e.knn_k, temperature=e.knn_t)
 
   # --- training ---------------------------------------------------------------------------------------------

@@ -47,8 +47,10 @@ def test_extract_features_order_and_padding():
     def map(self, r):
       return r
 
-  feats, labels = knn.extract_features(lambda x: x.mean(axis=(1, 2)), Source(), Identity(), 4, make_mesh(),
-                                       normalize=lambda x: x.astype(jnp.float32))
+  mesh = make_mesh()
+  extractor = knn.make_extractor(lambda variables, x: x.mean(axis=(1, 2)) * variables, lambda x: x.astype(jnp.float32),
+                                 mesh)
+  feats, labels = knn.extract_features(extractor, 1., Source(), Identity(), 4, mesh)
   np.testing.assert_allclose(feats[:, 0], np.arange(10))
   np.testing.assert_array_equal(labels, np.arange(10) % 3)
 

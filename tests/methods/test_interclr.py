@@ -160,6 +160,7 @@ def test_config_is_the_reference_recipe():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # ODC's 8-device test covers a memory bank and its clustering, MoCo v2's the queue and key encoder
 def test_interclr_eight_devices_match_one_device():
   out = assert_devices_match('configs/interclr.py:demo', SMALL)
   # target params + BN stats, queue, ptr, bank, labels, centroids all compared
@@ -167,7 +168,7 @@ def test_interclr_eight_devices_match_one_device():
 
 
 @pytest.mark.slow
-@pytest.mark.heavy  # NPID's resume test covers the bank, MoCo v2's the queue and key encoder
+@pytest.mark.heavy  # MoCo v2's resume test covers method-state arrays (queue, key encoder) as the bank here
 def test_interclr_resumes_exactly(tmp_path):
   assert_resume_exact(tmp_path, 'configs/interclr.py:demo', {**SMALL, 'batch_size': 64, 'total_steps': 30})
 

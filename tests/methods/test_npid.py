@@ -107,6 +107,7 @@ def test_npid_eight_devices_match_one_device():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # MoCo v2's resume test covers method-state arrays (its queue) restored exactly, as the bank here
 def test_npid_resumes_exactly(tmp_path):
   # batch 64: 22 steps per epoch of digits, so the 30-step run crosses an epoch boundary
   assert_resume_exact(tmp_path, 'configs/npid.py:demo', {**SMALL, 'batch_size': 64, 'total_steps': 30})
