@@ -120,3 +120,10 @@ def weighted_cross_entropy(logits, labels, class_weight=None):
     return jnp.mean(ce)
   w = class_weight[labels]
   return jnp.sum(w * ce) / jnp.sum(w)
+
+
+def label_smoothing_cross_entropy(logits, labels, smoothing=0.1):
+  """Mean cross-entropy against (1 - smoothing) * one_hot + smoothing / num_classes (MMSelfSup's LabelSmoothLoss,
+  mode 'original'; torch's CrossEntropyLoss(label_smoothing=...))."""
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), smoothing)
+  return jnp.mean(optax.softmax_cross_entropy(logits.astype(jnp.float32), targets))

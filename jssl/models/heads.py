@@ -92,3 +92,32 @@ class MultiClsHead(nn.Module):
       scores.append(nn.Dense(self.num_classes, kernel_init=nn.initializers.normal(0.01),
                              bias_init=nn.initializers.zeros, dtype=self.dtype, name=f'fc{i}')(x))
     return scores
+
+
+class FinetuneHead(nn.Module):
+  """The ViT fine-tuning heads MMSelfSup pairs with MIM pretraining: one linear layer on the pooled feature
+  (bias 0, truncated-normal weights). MAEFinetuneHead: init_std 2e-5; MaskFeatFinetuneHead: init_std 0.02 (it
+  applies softmax in eval mode, which leaves the top-k unchanged; logits are returned here). Both train with
+  label-smoothed cross-entropy (`losses.label_smoothing_cross_entropy`, 0.1)."""
+  num_classes: int = 1000
+  init_std: float = 2e-5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(self.num_classes, kernel_init=nn.initializers.truncated_normal(self.init_std),
+                    bias_init=nn.initializers.zeros, dtype=self.dtype, name='head')(x)
+
+
+class MAELinprobeHead(nn.Module):
+  """MAE's linear probe: BatchNorm without affine parameters (eps 1e-6; MAE's recipe, it whitens the frozen
+  features so one lr suits every model), then a linear layer (truncated normal 0.01, bias 0)."""
+  num_classes: int = 1000
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-6, use_scale=False, use_bias=False,
+                     dtype=self.dtype, name='bn')(x)
+    return nn.Dense(self.num_classes, kernel_init=nn.initializers.truncated_normal(0.01),
+                    bias_init=nn.initializers.zeros, dtype=self.dtype, name='head')(x)

@@ -82,3 +82,38 @@ def test_cls_head_pools_and_inits():
   np.testing.assert_allclose(head.apply({'params': params}, x),
                              x.mean((1, 2)) @ params['fc_cls']['kernel'] + params['fc_cls']['bias'], rtol=1e-5)
   assert not params['fc_cls']['bias'].any()
+
+
+def test_finetune_and_linprobe_heads_equal_torch():
+  """MAEFinetuneHead / MaskFeatFinetuneHead (a linear layer) with label-smoothed CE, and MAELinprobeHead
+  (BatchNorm1d(affine=False, eps=1e-6) in train mode, then linear), against torch with the same weights."""
+  from jssl import losses
+  from jssl.models.heads import FinetuneHead, MAELinprobeHead
+  rng = np.random.default_rng(0)
+  x = rng.normal(2., 3., size=(6, 16)).astype(np.float32)
+  labels = np.array([0, 3, 4, 1, 4, 2])
+  head = FinetuneHead(num_classes=5, init_std=0.02)
+  params = head.init(jax.random.key(0), x)['params']
+  kernel = np.asarray(params['head']['kernel'])
+  assert 0.01 < kernel.std() < 0.03 and np.abs(kernel).max() <= 0.04 + 1e-6 and not np.asarray(params['head']['bias']).any()
+  params = jax.tree.map(lambda p: p + rng.normal(size=p.shape).astype(np.float32), params)
+  logits = head.apply({'params': params}, x)
+  linear = torch.nn.Linear(16, 5)
+  linear.weight.data = torch.from_numpy(np.asarray(params['head']['kernel']).T.copy())
+  linear.bias.data = torch.from_numpy(np.array(params['head']['bias']))
+  ref = linear(torch.from_numpy(x))
+  np.testing.assert_allclose(logits, ref.detach().numpy(), rtol=1e-5, atol=1e-5)
+  ref_loss = torch.nn.functional.cross_entropy(ref, torch.from_numpy(labels), label_smoothing=0.1)
+  np.testing.assert_allclose(losses.label_smoothing_cross_entropy(logits, labels, 0.1), ref_loss.item(), rtol=1e-5)
+
+  probe = MAELinprobeHead(num_classes=5)
+  variables = probe.init(jax.random.key(1), x)
+  assert set(variables['params']) == {'head'}  # the BatchNorm has no affine parameters
+  out, updates = probe.apply(variables, x, train=True, mutable=['batch_stats'])
+  bn = torch.nn.BatchNorm1d(16, affine=False, eps=1e-6)
+  linear.weight.data = torch.from_numpy(np.asarray(variables['params']['head']['kernel']).T.copy())
+  linear.bias.data = torch.from_numpy(np.array(variables['params']['head']['bias']))
+  ref = linear(bn(torch.from_numpy(x)))
+  np.testing.assert_allclose(out, ref.detach().numpy(), rtol=1e-4, atol=1e-5)
+  # running statistics: Flax keeps the biased batch variance where torch keeps the unbiased one
+  np.testing.assert_allclose(updates['batch_stats']['bn']['var'], 0.9 + 0.1 * x.var(0), rtol=1e-5)
