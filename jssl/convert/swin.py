@@ -17,6 +17,11 @@ OIHW, linear [in, out] -> [out, in]). mmpretrain differs in:
   * relative_position_index is a persistent buffer (timm's buffers are not
     persistent in timm >= 1.0), so to_torch writes it for mmpretrain only.
 
+SimMIM's `mask_token` (jssl's SwinTransformer(mask_token=True)) is the
+top-level `mask_token` of mmpretrain's SimMIMSwinTransformer; timm has none
+(to_torch refuses it). from_torch drops an mmpretrain `mask_token` when the
+target Swin has none (a SimMIM checkpoint loaded for fine-tuning / eval).
+
 from_torch accepts and ignores relative_position_index / attn_mask buffers.
 With arch['interpolate_rel_pos'] (or the generic 'interpolate_pos_embed')
 it bicubically resizes relative position bias tables trained with another
@@ -94,6 +99,10 @@ def _torch_name(path, fmt, num_stages):
       raise ConversionError(
           f"'{'/'.join(path)}': timm's SwinTransformer has only the final "
           "norm; export intermediate out_indices to mmpretrain")
+    if leaf == 'mask_token':
+      raise ConversionError(
+          "'mask_token': timm's SwinTransformer has no mask token (SimMIM's "
+          'pretraining token); use mmpretrain')
     if leaf == 'absolute_pos_embed':
       raise ConversionError(
           "'absolute_pos_embed': timm's SwinTransformer has no absolute "
@@ -190,6 +199,8 @@ def from_torch(state_dict, fmt, template, arch):
   for path, leaf in traverse_util.flatten_dict(params).items():
     expected[_torch_name(path, fmt, num_stages)] = (path, leaf)
   given = {k: v for k, v in state_dict.items() if not k.endswith(BUFFERS)}
+  if fmt == 'mmpretrain' and 'mask_token' not in expected:
+    given.pop('mask_token', None)  # SimMIM's pretraining-only token
 
   missing = sorted(set(expected) - set(given))
   unexpected = sorted(set(given) - set(expected))
