@@ -18,9 +18,12 @@ OIHW, linear [in, out] -> [out, in]). mmpretrain differs in:
     persistent in timm >= 1.0), so to_torch writes it for mmpretrain only.
 
 SimMIM's `mask_token` (jssl's SwinTransformer(mask_token=True)) is the
-top-level `mask_token` of mmpretrain's SimMIMSwinTransformer; timm has none
-(to_torch refuses it). from_torch drops an mmpretrain `mask_token` when the
-target Swin has none (a SimMIM checkpoint loaded for fine-tuning / eval).
+top-level `mask_token` of mmpretrain's SimMIMSwinTransformer. timm's Swin has
+none: to_torch(..., 'timm') leaves it out (it only serves pretraining, so the
+export is the backbone a timm fine-tune loads strictly), and from_torch of a
+timm file into a Swin with a mask token fails naming it. from_torch drops an
+mmpretrain `mask_token` when the target Swin has none (a SimMIM checkpoint
+loaded for fine-tuning / evaluation).
 
 from_torch accepts and ignores relative_position_index / attn_mask buffers.
 With arch['interpolate_rel_pos'] (or the generic 'interpolate_pos_embed')
@@ -99,10 +102,6 @@ def _torch_name(path, fmt, num_stages):
       raise ConversionError(
           f"'{'/'.join(path)}': timm's SwinTransformer has only the final "
           "norm; export intermediate out_indices to mmpretrain")
-    if leaf == 'mask_token':
-      raise ConversionError(
-          "'mask_token': timm's SwinTransformer has no mask token (SimMIM's "
-          'pretraining token); use mmpretrain')
     if leaf == 'absolute_pos_embed':
       raise ConversionError(
           "'absolute_pos_embed': timm's SwinTransformer has no absolute "
@@ -180,6 +179,8 @@ def to_torch(variables, fmt, arch):
   num_stages = _num_stages(params)
   state_dict = {}
   for path, value in traverse_util.flatten_dict(params).items():
+    if fmt == 'timm' and path == ('mask_token',):
+      continue  # SimMIM's pretraining-only token: timm's Swin has none
     name = _torch_name(path, fmt, num_stages)
     state_dict[name] = np.ascontiguousarray(
         _to_torch_layout(path, np.asarray(value), fmt))

@@ -10,10 +10,10 @@ As in timm, patch merging sits at the start of stage i > 0 and concatenates
 each 2x2 neighbourhood as [x(0,0), x(1,0), x(0,1), x(1,1)] ((row, col)
 offsets), i.e. the original Swin order. Window size and shift of each stage
 follow from `img_size`: a stage whose map is no larger than the window uses
-the whole map as one window and does not shift (mmpretrain's pad_small_map=False).
-With `pad_small_map` every stage keeps the window and its shift, and a smaller
-map is zero-padded up to the window before the shift (mmpretrain's
-pad_small_map=True, SimMIM's Swin-L with window 12 at 192 px).
+the whole map as one window and does not shift (mmpretrain's
+pad_small_map=False). With `pad_small_map` every stage keeps the window and
+its shift, and a smaller map is zero-padded up to the window before the shift
+(mmpretrain's pad_small_map=True: SimMIM's Swin-L, window 12 at 192 px).
 
 `mask_token`: a learned token that replaces the patch embeddings where `mask`
 [B, H/p, W/p] is 1, before the absolute position embedding and the stages

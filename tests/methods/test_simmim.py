@@ -81,27 +81,43 @@ def test_decoder_is_torch_conv_and_pixel_shuffle():
   np.testing.assert_allclose(out, expected.transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-6)
 
 
-def test_loss_is_l1_on_masked_pixels_only():
-  method = simmim.Method(tiny_config())
+@pytest.fixture(scope='module')
+def tiny_run():
+  """One jit'd loss + gradients of the tiny model, its mask and prediction, shared by the tests below."""
+  c = tiny_config()
+  method = simmim.Method(c)
   images = tiny_images()
   params, model_state, method_state = jax.jit(method.init)(jax.random.key(0), {'views': (images,)})
-  rng = jax.random.key(7)
-  loss_fn = jax.jit(lambda p, imgs: method.loss(p, model_state, method_state, {'views': (imgs,)}, rng, 0)[0])
-  loss = loss_fn(params, images)
-  # by hand: the same mask, the prediction, the mean |pred - image| over masked pixels and channels
-  mask_rng, _ = jax.random.split(rng)
-  mask = np.asarray(method.mask(mask_rng, 3))
+  # a mask token far from the patch embeddings (its init is ~0.02)
+  params['backbone']['mask_token'] = jnp.asarray(np.random.default_rng(1).normal(size=(1, 1, 16)), jnp.float32)
+  rng = jax.random.key(3)
+  loss_fn = lambda p: method.loss(p, model_state, method_state, {'views': (images,)}, rng, 0)
+  (loss, _), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
+  mask = method.mask(jax.random.split(rng)[0], 3)  # the loss's split of the step key
+
+  def forward(net, x, m):  # the masked latent, the prediction and the kNN features in one compile
+    latent = net.backbone(x, mask=m)[-1]
+    return latent, net.neck(latent), net.features(x)
+  latent, pred, features = jax.jit(lambda p, m: method.net.apply({'params': p}, images, m, method=forward))(
+      params, mask)
+  return dict(c=c, images=images, params=params, loss=loss, grads=grads, mask=np.asarray(mask),
+              latent=np.asarray(latent), pred=np.asarray(pred), features=np.asarray(features))
+
+
+def test_loss_is_l1_on_masked_pixels_only(tiny_run):
+  r = tiny_run
+  mask, pred, images = r['mask'], r['pred'], np.asarray(r['images'])
   assert mask.shape == (3, 8, 8) and mask.sum() == 3 * 10 * 4  # 10 of 16 blocks of 2 x 2 tokens
-  pred = np.asarray(method.net.apply({'params': params}, images, jnp.asarray(mask), train=False))
-  pixels = np.kron(mask, np.ones((4, 4)))[..., None]  # each token is 4 x 4 pixels
-  error = np.abs(pred - np.asarray(images))
-  np.testing.assert_allclose(loss, (error * pixels).sum() / (pixels.sum() * 3), rtol=1e-5)
-  assert abs(float(loss) - error.mean()) > 1e-3
+  # by hand: the mean |pred - image| over the masked pixels (each token is 4 x 4 pixels) and channels
+  pixels = np.kron(mask, np.ones((4, 4)))[..., None]
+  error = np.abs(pred - images)
+  np.testing.assert_allclose(r['loss'], (error * pixels).sum() / (pixels.sum() * 3), rtol=1e-5)
+  assert abs(float(r['loss']) - error.mean()) > 1e-3
   # errors on visible pixels do not count; on masked ones they do
   pixel_mask = jnp.asarray(pixels[..., 0])
-  moved = lambda where: losses.masked_pixel_loss(jnp.asarray(pred + 5. * where), images, pixel_mask)
-  np.testing.assert_allclose(moved(1 - pixels), loss, rtol=1e-5)
-  assert float(moved(pixels)) > float(loss) + 1.
+  moved = lambda where: losses.masked_pixel_loss(jnp.asarray(pred + 5. * where), jnp.asarray(images), pixel_mask)
+  np.testing.assert_allclose(moved(1 - pixels), r['loss'], rtol=1e-5)
+  assert float(moved(pixels)) > float(r['loss']) + 1.
 
 
 def mmpretrain_simmim(c):
@@ -121,20 +137,15 @@ def mmpretrain_simmim(c):
                 loss=dict(type='PixelReconstructionLoss', criterion='L1', channel=3))))
 
 
-def test_parity_with_mmpretrain_simmim():
+def test_parity_with_mmpretrain_simmim(tiny_run):
   torch = pytest.importorskip('torch')
   pytest.importorskip('mmpretrain')
   from mmpretrain.structures import DataSample
   from jssl.convert import swin as swin_convert
   from tests.parity import nhwc_to_torch, tensors
-  c = tiny_config()
-  method = simmim.Method(c)
-  images = tiny_images()
-  params, model_state, method_state = method.init(jax.random.key(0), {'views': (images,)})
-  # a mask token far from the patch embeddings (its init is ~0.02)
-  params['backbone']['mask_token'] = jnp.asarray(np.random.default_rng(1).normal(size=(1, 1, 16)), jnp.float32)
-
-  model = mmpretrain_simmim(c)
+  r = tiny_run
+  params = r['params']
+  model = mmpretrain_simmim(r['c'])
   state = {f'backbone.{k}': v for k, v in tensors(swin_convert.to_torch(
       {'params': params['backbone']}, 'mmpretrain', {})).items()}
   dec = params['neck']['decoder']
@@ -142,44 +153,40 @@ def test_parity_with_mmpretrain_simmim():
                         'neck.decoder.0.bias': np.asarray(dec['bias'])}))
   model.load_state_dict(state, strict=True)
 
-  rng = jax.random.key(3)
-  loss_fn = lambda p: method.loss(p, model_state, method_state, {'views': (images,)}, rng, 0)
-  (loss, _), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
-  mask = np.asarray(method.mask(jax.random.split(rng)[0], 3))
   samples = []
-  for m in mask:
+  for m in r['mask']:
     sample = DataSample()
     sample.mask = torch.from_numpy(m).bool()  # SimMIMMaskGenerator's mask: bool
     samples.append(sample)
-  ref_loss = model.loss(nhwc_to_torch(images), samples)['loss']
+  images = nhwc_to_torch(r['images'])
+  ref_loss = model.loss(images, samples)['loss']
   ref_loss.backward()
-  np.testing.assert_allclose(loss, ref_loss.item(), rtol=1e-4)
+  np.testing.assert_allclose(r['loss'], ref_loss.item(), rtol=1e-4)
   # gradients of the mask token (through every block) and of the decoder
-  g_token = np.asarray(grads['backbone']['mask_token']).ravel()
+  g_token = np.asarray(r['grads']['backbone']['mask_token']).ravel()
   ref_token = model.backbone.mask_token.grad.numpy().ravel()
   np.testing.assert_allclose(g_token, ref_token, rtol=1e-3, atol=1e-4 * np.abs(ref_token).max())
-  g_dec = np.asarray(grads['neck']['decoder']['kernel'])[0, 0].T
+  g_dec = np.asarray(r['grads']['neck']['decoder']['kernel'])[0, 0].T
   ref_dec = model.neck.decoder[0].weight.grad.numpy()[:, :, 0, 0]
   np.testing.assert_allclose(g_dec, ref_dec, rtol=1e-3, atol=1e-4 * np.abs(ref_dec).max())
+  # the masked forward of the backbone
+  with torch.no_grad():
+    ref_latent = model.backbone(images, torch.from_numpy(r['mask']))[-1].numpy().transpose(0, 2, 3, 1)
+  np.testing.assert_allclose(r['latent'], ref_latent, rtol=1e-4, atol=1e-4 * np.abs(ref_latent).max())
   # kNN features: the pooled last stage of the unmasked forward (the reference's extract_feat)
   model.eval()
   with torch.no_grad():
-    ref_feat = model.extract_feat(nhwc_to_torch(images))[-1].mean(dim=(2, 3)).numpy()
-  np.testing.assert_allclose(method.extract(params, model_state, images), ref_feat, rtol=1e-4,
-                             atol=1e-4 * np.abs(ref_feat).max())
+    ref_feat = model.extract_feat(images)[-1].mean(dim=(2, 3)).numpy()
+  np.testing.assert_allclose(r['features'], ref_feat, rtol=1e-4, atol=1e-4 * np.abs(ref_feat).max())
 
 
-def test_remat_gives_the_same_loss():
+def test_remat_gives_the_same_loss(tiny_run):
+  r = tiny_run
   c = tiny_config()
-  images = tiny_images(2)
-  out = []
-  for remat in (False, True):
-    c.remat = remat
-    method = simmim.Method(c)
-    params, model_state, method_state = method.init(jax.random.key(0), {'views': (images,)})
-    out.append(jax.jit(lambda p: method.loss(p, model_state, method_state, {'views': (images,)},
-                                             jax.random.key(1), 0)[0])(params))
-  np.testing.assert_allclose(out[1], out[0], rtol=1e-6)
+  c.remat = True
+  method = simmim.Method(c)
+  loss = jax.jit(lambda p: method.loss(p, {}, {}, {'views': (r['images'],)}, jax.random.key(3), 0)[0])(r['params'])
+  np.testing.assert_allclose(loss, r['loss'], rtol=1e-6)
 
 
 def test_bad_mask_patch_size():
@@ -189,8 +196,8 @@ def test_bad_mask_patch_size():
     simmim.Method(c)
 
 
-# small enough for CI: one stage-merging Swin, 16-px images
-SMALL = {'backbone.kwargs.embed_dim': 16, 'backbone.kwargs.depths': [2, 2], 'backbone.kwargs.num_heads': [2, 4],
+# small enough for CI: a 2-stage Swin on 16-px images; its 64 x 256 fc1 is big enough for the fsdp mesh to shard
+SMALL = {'backbone.kwargs.embed_dim': 32, 'backbone.kwargs.depths': [2, 2], 'backbone.kwargs.num_heads': [2, 4],
          'backbone.kwargs.out_indices': [1], 'backbone.kwargs.patch_size': 2, 'backbone.kwargs.img_size': 16,
          'data.views.0.size': 16}
 
