@@ -196,8 +196,8 @@ def test_bad_mask_patch_size():
     simmim.Method(c)
 
 
-# small enough for CI: a 2-stage Swin on 16-px images; its 64 x 256 fc1 is big enough for the fsdp mesh to shard
-SMALL = {'backbone.kwargs.embed_dim': 32, 'backbone.kwargs.depths': [2, 2], 'backbone.kwargs.num_heads': [2, 4],
+# small enough for CI: a 2-stage Swin of 1 block each on 16-px images; its 64 x 256 fc1 is big enough to be sharded
+SMALL = {'backbone.kwargs.embed_dim': 32, 'backbone.kwargs.depths': [1, 1], 'backbone.kwargs.num_heads': [2, 4],
          'backbone.kwargs.out_indices': [1], 'backbone.kwargs.patch_size': 2, 'backbone.kwargs.img_size': 16,
          'data.views.0.size': 16}
 
