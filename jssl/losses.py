@@ -30,6 +30,15 @@ def masked_mse(pred, target, mask):
   return jnp.sum(per_position * mask) / jnp.maximum(jnp.sum(mask), 1.)
 
 
+def masked_pixel_loss(pred, target, mask, criterion='L1'):
+  """MMSelfSup's PixelReconstructionLoss(criterion, channel=C) on [B, H, W, C] images with a pixel mask [B, H, W]
+  (1 = masked): the L1 / squared error summed over masked pixels and channels, divided by (masked pixels x C)."""
+  diff = pred.astype(jnp.float32) - target.astype(jnp.float32)
+  error = jnp.abs(diff) if criterion == 'L1' else jnp.square(diff)
+  mask = mask.astype(jnp.float32)[..., None]
+  return jnp.sum(error * mask) / jnp.sum(mask) / pred.shape[-1]
+
+
 def cross_correlation_loss(z1, z2, lambd, eps=1e-5):
   """Barlow Twins' redundancy reduction: sum_i (1 - C_ii)^2 + lambd * sum_{i != j} C_ij^2.
 

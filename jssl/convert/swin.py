@@ -17,6 +17,14 @@ OIHW, linear [in, out] -> [out, in]). mmpretrain differs in:
   * relative_position_index is a persistent buffer (timm's buffers are not
     persistent in timm >= 1.0), so to_torch writes it for mmpretrain only.
 
+SimMIM's `mask_token` (jssl's SwinTransformer(mask_token=True)) is the
+top-level `mask_token` of mmpretrain's SimMIMSwinTransformer. timm's Swin has
+none: to_torch(..., 'timm') leaves it out (it only serves pretraining, so the
+export is the backbone a timm fine-tune loads strictly), and from_torch of a
+timm file into a Swin with a mask token fails naming it. from_torch drops an
+mmpretrain `mask_token` when the target Swin has none (a SimMIM checkpoint
+loaded for fine-tuning / evaluation).
+
 from_torch accepts and ignores relative_position_index / attn_mask buffers.
 With arch['interpolate_rel_pos'] (or the generic 'interpolate_pos_embed')
 it bicubically resizes relative position bias tables trained with another
@@ -171,6 +179,8 @@ def to_torch(variables, fmt, arch):
   num_stages = _num_stages(params)
   state_dict = {}
   for path, value in traverse_util.flatten_dict(params).items():
+    if fmt == 'timm' and path == ('mask_token',):
+      continue  # SimMIM's pretraining-only token: timm's Swin has none
     name = _torch_name(path, fmt, num_stages)
     state_dict[name] = np.ascontiguousarray(
         _to_torch_layout(path, np.asarray(value), fmt))
@@ -190,6 +200,8 @@ def from_torch(state_dict, fmt, template, arch):
   for path, leaf in traverse_util.flatten_dict(params).items():
     expected[_torch_name(path, fmt, num_stages)] = (path, leaf)
   given = {k: v for k, v in state_dict.items() if not k.endswith(BUFFERS)}
+  if fmt == 'mmpretrain' and 'mask_token' not in expected:
+    given.pop('mask_token', None)  # SimMIM's pretraining-only token
 
   missing = sorted(set(expected) - set(given))
   unexpected = sorted(set(given) - set(expected))

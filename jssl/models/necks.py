@@ -2,6 +2,7 @@
 from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from jssl.models import layers
@@ -82,6 +83,27 @@ class MAEDecoder(nn.Module):
     x = nn.Dense(self.patch_size ** 2 * self.in_chans, dtype=self.dtype,
                  kernel_init=nn.initializers.xavier_uniform(), name='decoder_pred')(x)
     return x[:, 1:]
+
+
+class SimMIMLinearDecoder(nn.Module):
+  """SimMIM's one-layer prediction head (MMSelfSup SimMIMLinearDecoder): a 1x1 conv to encoder_stride^2 * 3
+  channels, then torch's PixelShuffle to the input resolution: channel c * r * r + i * r + j of map cell (h, w)
+  becomes pixel (h * r + i, w * r + j) of channel c. [B, H/r, W/r, C] -> [B, H, W, 3]. Torch's default conv
+  init (the reference leaves the neck to it): weights and bias U(-1/sqrt(C), 1/sqrt(C))."""
+  encoder_stride: int
+  out_channels: int = 3
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train
+    r, c = self.encoder_stride, self.out_channels
+    bound = x.shape[-1] ** -0.5
+    x = nn.Conv(r * r * c, (1, 1), kernel_init=torch_linear_init, dtype=self.dtype, name='decoder',
+                bias_init=lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound))(x)
+    b, h, w, _ = x.shape
+    x = x.reshape(b, h, w, c, r, r).transpose(0, 1, 4, 2, 5, 3)  # (h, i, w, j, c)
+    return x.reshape(b, h * r, w * r, c)
 
 
 # torch.nn.Linear's default weight init (kaiming_uniform with a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in))

@@ -10,7 +10,14 @@ As in timm, patch merging sits at the start of stage i > 0 and concatenates
 each 2x2 neighbourhood as [x(0,0), x(1,0), x(0,1), x(1,1)] ((row, col)
 offsets), i.e. the original Swin order. Window size and shift of each stage
 follow from `img_size`: a stage whose map is no larger than the window uses
-the whole map as one window and does not shift.
+the whole map as one window and does not shift (mmpretrain's
+pad_small_map=False). With `pad_small_map` every stage keeps the window and
+its shift, and a smaller map is zero-padded up to the window before the shift
+(mmpretrain's pad_small_map=True: SimMIM's Swin-L, window 12 at 192 px).
+
+`mask_token`: a learned token that replaces the patch embeddings where `mask`
+[B, H/p, W/p] is 1, before the absolute position embedding and the stages
+(mmpretrain's SimMIMSwinTransformer; param `mask_token` [1, 1, embed_dim]).
 """
 from typing import Any, Sequence
 
@@ -147,6 +154,7 @@ class SwinBlock(nn.Module):
   mlp_ratio: float = 4.0
   qkv_bias: bool = True
   drop_path: float = 0.0
+  pad_first: bool = False
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -156,20 +164,28 @@ class SwinBlock(nn.Module):
     norm = lambda name: nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name=name)
     drop_path = DropPath(self.drop_path)
 
-    # Like timm: cyclic shift first, then pad up to whole windows.
+    # Like timm: cyclic shift first, then pad up to whole windows
+    # (mmpretrain, `pad_first`: pad, then shift the padded map).
     y = norm('norm1')(x)
+    pad_h, pad_w = -h % window, -w % window
+    hp, wp = h + pad_h, w + pad_w
+    pad = lambda y: jnp.pad(y, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
+    if self.pad_first:
+      y = pad(y)
     if shift:
       y = jnp.roll(y, (-shift, -shift), axis=(1, 2))
-    pad_h, pad_w = -h % window, -w % window
-    y = jnp.pad(y, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
-    hp, wp = h + pad_h, w + pad_w
+    if not self.pad_first:
+      y = pad(y)
     mask = shifted_window_mask(hp, wp, window, shift) if shift else None
     y = WindowAttention(self.num_heads, window, self.qkv_bias,
                         dtype=self.dtype, name='attn')(
                             window_partition(y, window), mask)
-    y = window_reverse(y, window, hp, wp)[:, :h, :w]
+    y = window_reverse(y, window, hp, wp)
+    if not self.pad_first:
+      y = y[:, :h, :w]
     if shift:
       y = jnp.roll(y, (shift, shift), axis=(1, 2))
+    y = y[:, :h, :w]  # `pad_first`: the padding is cropped after the unshift
     x = x + drop_path(y, deterministic=not train)
 
     y = Mlp(int(dim * self.mlp_ratio), dtype=self.dtype,
@@ -189,6 +205,7 @@ class SwinStage(nn.Module):
   qkv_bias: bool = True
   dtype: Dtype = jnp.float32
   remat: bool = False
+  pad_first: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -201,7 +218,8 @@ class SwinStage(nn.Module):
       x = block_cls(self.num_heads, self.window,
                     shift=0 if j % 2 == 0 else self.shift,
                     mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias,
-                    drop_path=float(self.drop_paths[j]), dtype=self.dtype,
+                    drop_path=float(self.drop_paths[j]),
+                    pad_first=self.pad_first, dtype=self.dtype,
                     name=f'blocks_{j}')(x, train)
     return x
 
@@ -225,6 +243,8 @@ class SwinTransformer(nn.Module):
   dtype: Dtype = jnp.float32
   remat: bool = False
   use_abs_pos_embed: bool = False
+  pad_small_map: bool = False
+  mask_token: bool = False
 
   @property
   def feature_dim(self):
@@ -234,10 +254,13 @@ class SwinTransformer(nn.Module):
     """[(window, shift)] per stage, from the map sizes at `img_size`."""
     grid = self.img_size // self.patch_size
     resolutions = [-(-grid // 2**i) for i in range(len(self.depths))]
+    if self.pad_small_map:
+      return [(self.window_size, self.window_size // 2)] * len(resolutions)
     return [stage_window(r, self.window_size) for r in resolutions]
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, train: bool = False, mask=None):
+    """mask: [B, H/p, W/p], 1 where the mask token replaces the patch."""
     num_stages = len(self.depths)
     if not all(0 <= i < num_stages for i in self.out_indices):
       raise ValueError(f'out_indices {self.out_indices} must be in '
@@ -245,6 +268,19 @@ class SwinTransformer(nn.Module):
     x = x.astype(self.dtype)
     x = PatchEmbed(self.patch_size, self.embed_dim, dtype=self.dtype,
                    name='patch_embed')(x)
+    if self.mask_token:
+      # The reference's trunc_normal_(std=.02) cuts at +-2 absolute (100
+      # std): a plain normal.
+      token = self.param('mask_token', nn.initializers.normal(0.02),
+                         (1, 1, self.embed_dim))
+      if mask is not None:
+        if mask.shape != x.shape[:3]:
+          raise ValueError(f'SwinTransformer: mask of shape {mask.shape}, '
+                           f'expected the patch grid {x.shape[:3]}')
+        m = mask[..., None].astype(x.dtype)
+        x = x * (1 - m) + token.reshape(1, 1, 1, -1).astype(x.dtype) * m
+    elif mask is not None:
+      raise ValueError('SwinTransformer: a mask needs mask_token=True')
     if self.use_abs_pos_embed:
       grid = self.img_size // self.patch_size
       pos_embed = self.param('absolute_pos_embed',
@@ -265,6 +301,7 @@ class SwinTransformer(nn.Module):
                                                      self.depths[i]]),
                     mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias,
                     dtype=self.dtype, remat=self.remat,
+                    pad_first=self.pad_small_map,
                     name=f'layers_{i}')(x, train)
       if i in self.out_indices:
         name = 'norm' if i == num_stages - 1 else f'norm{i}'

@@ -270,3 +270,28 @@ def test_bad_state_dicts_name_the_keys():
     from_torch(state_dict, 'mmpretrain', tmpl, ARCH)
   with pytest.raises(ValueError, match='unknown format'):
     from_torch(state_dict, 'torchvision', tmpl, ARCH)
+
+
+def test_simmim_mask_token():
+  """mmpretrain's SimMIMSwinTransformer keeps the token as `mask_token`;
+  timm has none."""
+  model = make_model(mask_token=True)
+  variables = random_variables(model)
+  state = to_torch(variables, 'mmpretrain', ARCH)
+  np.testing.assert_array_equal(state['mask_token'],
+                                variables['params']['mask_token'])
+  assert_trees_equal(from_torch(state, 'mmpretrain', template(model), ARCH),
+                     variables)
+  # timm's Swin has no token: the export is the rest, which timm loads strictly
+  timm_state = to_torch(variables, 'timm', ARCH)
+  assert 'mask_token' not in timm_state
+  load_into(make_timm(), timm_state)
+  with pytest.raises(ConversionError, match=r"missing keys \['mask_token'\]"):
+    from_torch(timm_state, 'timm', template(model), ARCH)
+  # a SimMIM checkpoint into a Swin without the token: the token is dropped
+  plain = from_torch(state, 'mmpretrain', template(MODEL), ARCH)
+  assert 'mask_token' not in plain['params']
+  # a Swin with the token needs it in the checkpoint
+  del state['mask_token']
+  with pytest.raises(ConversionError, match=r"missing keys \['mask_token'\]"):
+    from_torch(state, 'mmpretrain', template(model), ARCH)

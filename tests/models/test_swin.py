@@ -150,3 +150,81 @@ def test_drop_path_only_in_train():
   (train_a,), (train_b,) = train(variables, jax.random.key(1)), train(
       variables, jax.random.key(2))
   assert np.abs(np.asarray(train_a) - np.asarray(train_b)).max() > 1e-3
+
+
+# --- SimMIM: mask token and pad_small_map vs mmpretrain ----------------------
+
+def random_variables(model, seed=0):
+  """Random numpy values for every param of `model`, LayerNorm scales ~1."""
+  from flax import traverse_util
+  x = jnp.zeros((1, model.img_size, model.img_size, 3))
+  flat = traverse_util.flatten_dict(
+      jax.eval_shape(model.init, jax.random.key(0), x)['params'])
+  rng = np.random.RandomState(seed)
+  flat = {path: (0.1 * rng.randn(*leaf.shape) + (path[-1] == 'scale'))
+          .astype(np.float32) for path, leaf in flat.items()}
+  return {'params': traverse_util.unflatten_dict(flat)}
+
+
+def mmpretrain_simmim_swin(variables, config, **kwargs):
+  """mmpretrain's SimMIMSwinTransformer with `variables` loaded strictly."""
+  simmim = pytest.importorskip('mmpretrain.models.selfsup.simmim')
+  torch_model = simmim.SimMIMSwinTransformer(
+      arch=dict(embed_dims=config['embed_dim'], depths=list(config['depths']),
+                num_heads=list(config['num_heads'])),
+      img_size=config['img_size'], drop_path_rate=0.,
+      out_indices=(len(config['depths']) - 1,),
+      stage_cfgs=dict(block_cfgs=dict(window_size=config['window_size'])),
+      **kwargs)
+  state = swin_convert.to_torch(variables, 'mmpretrain', {})
+  torch_model.load_state_dict(
+      {k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
+  torch_model.eval()  # mmpretrain modules' eval() returns None
+  return torch_model
+
+
+def test_mask_token_matches_mmpretrain_simmim_swin():
+  model = SwinTransformer(**SMALL, out_indices=(1,), mask_token=True)
+  variables = random_variables(model)
+  assert variables['params']['mask_token'].shape == (1, 1, 32)
+  torch_model = mmpretrain_simmim_swin(variables, SMALL)
+  x, x_nhwc = random_images()
+  mask = np.zeros((2, 8, 8), np.float32)
+  mask[0, :4, :4] = 1
+  mask[1, 2:8, 4:] = 1
+  mask[1, 0, 0] = 1
+  with torch.no_grad():
+    expected = torch_model(torch.from_numpy(x), torch.from_numpy(mask))
+    plain = torch_model(torch.from_numpy(x), None)
+  (out,), (out_plain,) = jax.jit(lambda v, m: (
+      model.apply(v, x_nhwc, mask=m), model.apply(v, x_nhwc)))(
+          variables, jnp.asarray(mask))
+  assert_close(out, expected[-1].numpy().transpose(0, 2, 3, 1))
+  # no mask: the token is unused and the output is mmpretrain's unmasked one
+  assert_close(out_plain, plain[-1].numpy().transpose(0, 2, 3, 1))
+  assert np.abs(expected[-1].numpy() - plain[-1].numpy()).max() > 1e-2
+  without = {'params': {k: v for k, v in variables['params'].items()
+                        if k != 'mask_token'}}
+  no_token = SwinTransformer(**SMALL, out_indices=(1,))
+  with pytest.raises(ValueError, match='mask_token=True'):
+    no_token.apply(without, x_nhwc, mask=jnp.asarray(mask))
+  with pytest.raises(ValueError, match='patch grid'):
+    model.apply(variables, x_nhwc, mask=jnp.zeros((2, 4, 4)))
+
+
+def test_pad_small_map_matches_mmpretrain():
+  """Window 6 on 8x8 -> 4x4 maps: both stages are zero-padded (to 12 and 6)
+  before the shift of 3, as mmpretrain's pad_small_map=True."""
+  config = dict(SMALL, window_size=6)
+  model = SwinTransformer(**config, out_indices=(1,), pad_small_map=True)
+  assert model.stage_windows() == [(6, 3), (6, 3)]
+  variables = random_variables(model, seed=1)
+  torch_model = mmpretrain_simmim_swin(
+      {'params': {**variables['params'], 'mask_token': np.zeros((1, 1, 32),
+                                                                 np.float32)}},
+      config, pad_small_map=True)
+  x, x_nhwc = random_images()
+  with torch.no_grad():
+    expected = torch_model(torch.from_numpy(x), None)[-1].numpy()
+  (out,) = jax.jit(model.apply)(variables, x_nhwc)
+  assert_close(out, expected.transpose(0, 2, 3, 1))
