@@ -75,7 +75,7 @@ def torch_maskfeat(c):
   return model
 
 
-# the reference's own sizes (16-px patches, 8-px cells, window 16) and the demo's (4-px patches, 2-px cells,
+# the reference's own sizes (16-px patches, 8-px cells, window 16) and small ones (4-px patches, 2-px cells,
 # window 8) on the 14 x 14 grid the reference's HOG reshape needs
 @pytest.mark.parametrize('size,patch,pool,window', [(224, 16, 8, 16), (56, 4, 2, 8)])
 def test_loss_matches_mmpretrain_maskfeat(size, patch, pool, window):
@@ -175,8 +175,8 @@ def test_eight_devices_and_fsdp_match_one_device():  # cover masks drawn on devi
   from tests.train.test_sharding import assert_devices_match
   assert_devices_match('configs/maskfeat.py:demo', {
       'backbone.kwargs.depth': 2, 'backbone.kwargs.embed_dim': 32, 'backbone.kwargs.num_heads': 2,
-      'backbone.kwargs.img_size': 16, 'data.views.0.size': 16, 'model.num_masking_patches': 6,
-      'model.min_num_patches': 2})
+      'backbone.kwargs.img_size': 16, 'backbone.kwargs.patch_size': 4, 'data.views.0.size': 16,
+      'model.hog_pool': 2, 'model.hog_window': 8, 'model.num_masking_patches': 6, 'model.min_num_patches': 2})
 
 
 @pytest.mark.slow
@@ -185,8 +185,8 @@ def test_killed_run_resumes_exactly(tmp_path):
   from tests.train.test_resume import assert_resume_exact
   assert_resume_exact(tmp_path, 'configs/maskfeat.py:demo', {
       'backbone.kwargs.depth': 2, 'backbone.kwargs.embed_dim': 32, 'backbone.kwargs.num_heads': 2,
-      'backbone.kwargs.img_size': 16, 'data.views.0.size': 16, 'model.num_masking_patches': 6,
-      'model.min_num_patches': 2, 'batch_size': 64, 'total_steps': 30})
+      'backbone.kwargs.img_size': 16, 'backbone.kwargs.patch_size': 4, 'data.views.0.size': 16,
+      'model.hog_pool': 2, 'model.hog_window': 8, 'model.num_masking_patches': 6, 'model.min_num_patches': 2, 'batch_size': 64, 'total_steps': 30})
 
 
 @pytest.mark.slow
