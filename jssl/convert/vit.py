@@ -23,6 +23,11 @@ checkpoints' encoders are timm VisionTransformers (the framework strips the
 `model` / `module.base_encoder.` wrappers and drops decoder_*, mask_token and
 head.*, see jssl.convert.io.IGNORED).
 
+MaskFeat's `mask_token` (jssl's VisionTransformer(mask_token=True)) is the
+top-level `mask_token` of mmpretrain's MaskFeatViT; timm has none (to_torch
+refuses it). from_torch drops an mmpretrain `mask_token` when the target ViT
+has none (a MaskFeat checkpoint loaded for fine-tuning / eval).
+
 pos_embed='sincos' is a constant in jssl: exported as pos_embed; on import
 the checkpoint's pos_embed is optional and, when present, must equal jssl's
 (MAE's) table - MoCo v3's sin-cos table differs, so load MoCo v3 into
@@ -75,6 +80,11 @@ def block_name(child, fmt, beit):
 def torch_key(path, fmt, beit):
   mm = fmt == 'mmpretrain'
   if path in (('cls_token',), ('pos_embed',)):
+    return path[0]
+  if path == ('mask_token',):
+    if not mm:
+      raise ConversionError("'mask_token': timm's VisionTransformer has no mask token (MaskFeat's pretraining "
+                            'token); use mmpretrain')
     return path[0]
   if path[:2] == ('patch_embed', 'proj'):
     module = 'patch_embed.projection' if mm else 'patch_embed.proj'
@@ -161,4 +171,6 @@ def from_torch(state_dict, fmt, template, arch):
   module = keymap.build_module(arch)
   entries, constants = key_map(template, fmt, module)
   state_dict = interpolate_pos_embed(state_dict, arch, module)
+  if fmt == 'mmpretrain' and 'mask_token' not in template['params']:
+    state_dict = {k: v for k, v in state_dict.items() if k != 'mask_token'}  # MaskFeat's pretraining-only token
   return keymap.from_torch(state_dict, entries, constants, template)

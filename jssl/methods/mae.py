@@ -10,6 +10,7 @@ from jssl.data.masks import random_masking
 from jssl.methods.base import compute_dtype
 from jssl.models import build_backbone
 from jssl.models.necks import MAEDecoder
+from jssl.models.vit import token_features
 
 
 def patchify(images, patch_size):
@@ -48,8 +49,7 @@ class MAENet(nn.Module):
     return self.neck(tokens, ids_restore, train=train)
 
   def features(self, images):
-    tokens = self.backbone(images, train=False)
-    return tokens[:, 0] if self.feature == 'cls' else tokens[:, 1:].mean(axis=1)
+    return token_features(self.backbone(images, train=False), self.feature)
 
 
 class Method:

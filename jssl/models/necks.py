@@ -111,9 +111,11 @@ torch_linear_init = nn.initializers.variance_scaling(1. / 3., 'fan_in', 'uniform
 
 
 class LinearNeck(nn.Module):
-  """MMSelfSup's LinearNeck (MoCo v1): [avgpool] -> fc with bias."""
+  """MMSelfSup's LinearNeck (MoCo v1): [avgpool] -> fc with bias. Without the pool it maps each
+  token ([..., D] -> [..., out]); MaskFeat's neck, initialized truncated normal 0.02 (`kernel_init`)."""
   out_channels: int
   with_avg_pool: bool = True
+  kernel_init: Any = torch_linear_init
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -121,7 +123,7 @@ class LinearNeck(nn.Module):
     del train  # no BatchNorm
     if self.with_avg_pool:
       x = global_avg_pool(x)
-    return nn.Dense(self.out_channels, kernel_init=torch_linear_init, dtype=self.dtype, name='fc')(x)
+    return nn.Dense(self.out_channels, kernel_init=self.kernel_init, dtype=self.dtype, name='fc')(x)
 
 
 class ODCNeck(nn.Module):

@@ -29,6 +29,12 @@ def resize_pos_embed(pos_embed, old_grid, new_grid):
   return jnp.concatenate([cls_pos, patch_pos], axis=1)
 
 
+def token_features(tokens, feature: str = 'cls'):
+  """One vector per image from [B, 1 + N, D] tokens: the 'cls' token or the 'mean' of the patch tokens (the kNN /
+  export features of the masked-image-modeling methods)."""
+  return tokens[:, 0] if feature == 'cls' else tokens[:, 1:].mean(axis=1)
+
+
 class VisionTransformer(nn.Module):
   """ViT encoder; by default returns the (normed) token sequence [B, 1 + N, D].
 

@@ -145,6 +145,31 @@ def test_mmpretrain_avg_featmap_is_mean_with_fc_norm():
                lambda m, x: m(x)[-1])
 
 
+def test_maskfeat_mask_token_mmpretrain_only():
+  """MaskFeatViT's mask_token: exported / imported under its own name for mmpretrain; refused for timm; an
+  mmpretrain MaskFeat checkpoint still loads into a ViT without the token (fine-tuning / eval)."""
+  from mmpretrain.models.selfsup.maskfeat import MaskFeatViT
+  torch_model = randomized(MaskFeatViT(arch=MM_ARCH, img_size=32, patch_size=8))
+  x, x_nhwc = images()
+  mask = np.zeros((2, 16), np.float32)
+  mask[:, [1, 6, 7]] = 1
+  with torch.no_grad():
+    expected = torch_model(torch.from_numpy(x), torch.from_numpy(mask)).numpy()
+  arch = arch_of(mask_token=True)
+  model, template = template_of(arch)
+  variables = convert.from_torch(torch_state(torch_model), 'mmpretrain', template, arch)
+  assert_close(jax.jit(model.apply)(variables, x_nhwc, mask=jnp.asarray(mask)), expected)
+  exported = convert.to_torch(variables, 'mmpretrain', arch)
+  np.testing.assert_array_equal(exported['mask_token'], torch_model.mask_token.detach().numpy())
+  with pytest.raises(ConversionError, match="'mask_token': timm's VisionTransformer has no mask token"):
+    convert.to_torch(variables, 'timm', arch)
+  plain, plain_template = template_of(arch_of())
+  loaded = convert.from_torch(torch_state(torch_model), 'mmpretrain', plain_template, arch_of())
+  assert 'mask_token' not in loaded['params']
+  with torch.no_grad():
+    assert_close(jax.jit(plain.apply)(loaded, x_nhwc), torch_model(torch.from_numpy(x), None)[-1].numpy())
+
+
 BEIT_ARCH = dict(rel_pos_bias=True, pos_embed='none', qkv_bias='qv',
                  layer_scale_init=0.1, output='mean', use_fc_norm=True)
 
