@@ -17,6 +17,7 @@ from PIL import Image
 INTERPOLATIONS = {
     'bilinear': Image.BILINEAR,
     'bicubic': Image.BICUBIC,
+    'lanczos': Image.LANCZOS,   # BEiT / CAE tokenizer inputs (second_interpolation)
 }
 
 
@@ -90,6 +91,9 @@ class RandomResizedCropViews(grain.RandomMapTransform):
   spec). E.g. SwAV's multi-crop: [dict(size=224, num=2, scale=(0.14, 1.)), dict(size=96, num=6, scale=(0.05, 0.14))].
   A spec with `resize` instead of `scale`/`ratio` is torchvision's Resize(resize) (shorter side) followed by
   RandomCrop(size), e.g. Relative Location's dict(resize=292, size=255, flip_prob=0.).
+  A spec with `second_size` (and `second_interpolation`, default 'lanczos') also resizes the same crop, flipped
+  alike, to second_size: the official BEiT / CAE RandomResizedCropAndInterpolationWithTwoPic (PIL), whose
+  second image feeds the DALL-E tokenizer; it follows its view in 'views' (see `view_sizes`).
   Output: the record without 'image', plus 'views': a tuple of uint8 [size, size, 3] arrays.
   """
 
@@ -97,11 +101,14 @@ class RandomResizedCropViews(grain.RandomMapTransform):
     self.views = []
     for spec in views:
       spec = dict(spec)
-      unknown = set(spec) - {'size', 'scale', 'ratio', 'interpolation', 'flip_prob', 'num', 'resize'}
+      unknown = set(spec) - {'size', 'scale', 'ratio', 'interpolation', 'flip_prob', 'num', 'resize',
+                             'second_size', 'second_interpolation'}
       if unknown:
         raise ValueError(f'Unknown view options {sorted(unknown)} in {spec}')
-      if spec.get('resize') is not None and ({'scale', 'ratio'} & set(spec) or int(spec['resize']) < int(spec['size'])):
-        raise ValueError(f'config.data.views: a view with resize takes no scale/ratio and needs resize >= size: {spec}')
+      if spec.get('resize') is not None and ({'scale', 'ratio', 'second_size'} & set(spec)
+                                             or int(spec['resize']) < int(spec['size'])):
+        raise ValueError(f'config.data.views: a view with resize takes no scale/ratio/second_size and needs '
+                         f'resize >= size: {spec}')
       view = dict(
           size=int(spec['size']),
           resize=None if spec.get('resize') is None else int(spec['resize']),
@@ -109,6 +116,8 @@ class RandomResizedCropViews(grain.RandomMapTransform):
           ratio=tuple(spec.get('ratio', (3 / 4, 4 / 3))),
           resample=_resample(spec.get('interpolation', 'bilinear')),
           flip_prob=float(spec.get('flip_prob', 0.5)),
+          second_size=int(spec['second_size']) if spec.get('second_size') else None,
+          second_resample=_resample(spec.get('second_interpolation', 'lanczos')),
       )
       self.views.extend([view] * int(spec.get('num', 1)))
 
@@ -116,9 +125,12 @@ class RandomResizedCropViews(grain.RandomMapTransform):
     image = Image.fromarray(element['image'])
     views = []
     for view in self.views:
+      second = None
       if view['resize'] is None:
         top, left, h, w = crop_params(rng, image.height, image.width, view['scale'], view['ratio'])
         crop = resized_crop(image, top, left, h, w, view['size'], view['resample'])
+        if view['second_size']:
+          second = resized_crop(image, top, left, h, w, view['second_size'], view['second_resample'])
       else:
         resized = resize_shorter_side(image, view['resize'], view['resample'])
         top, left = random_crop_params(rng, resized.height, resized.width, view['size'])
@@ -126,7 +138,10 @@ class RandomResizedCropViews(grain.RandomMapTransform):
       # Drawn after the crop, as torchvision's RandomResizedCrop -> RandomHorizontalFlip does.
       if rng.random() < view['flip_prob']:
         crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+        second = second and second.transpose(Image.FLIP_LEFT_RIGHT)
       views.append(np.asarray(crop, dtype=np.uint8))
+      if second is not None:
+        views.append(np.asarray(second, dtype=np.uint8))
     out = {k: v for k, v in element.items() if k != 'image'}
     out['views'] = tuple(views)
     return out
@@ -150,6 +165,15 @@ class ResizeCenterCrop(grain.MapTransform):
     out = dict(element)
     out['image'] = np.asarray(image, dtype=np.uint8)
     return out
+
+
+def view_sizes(views_cfg):
+  """The sizes of the arrays in 'views', in order: `num` repeats of each spec's size, each followed by its
+  second_size when it has one."""
+  sizes = []
+  for v in views_cfg:
+    sizes += ([v['size']] + ([v['second_size']] if v.get('second_size') else [])) * v.get('num', 1)
+  return sizes
 
 
 def build_pretrain_transform(views_cfg):

@@ -250,3 +250,92 @@ class RelativeLocNeck(nn.Module):
                  dtype=self.dtype, name='fc')(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.997, epsilon=1e-5, dtype=self.dtype, name='bn')(x)
     return nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(x))
+
+
+class CrossAttention(nn.Module):
+  """mmpretrain's CrossMultiheadAttention: queries from x, keys and values from k and v (separate q/k/v Linears
+  without bias), learned q and v biases (none on k) when qkv_bias, then an output projection."""
+  num_heads: int
+  qkv_bias: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, k, v):
+    dim = x.shape[-1]
+    head_dim = dim // self.num_heads
+    dense = lambda name, bias=False: nn.Dense(dim, use_bias=bias, kernel_init=layers.dense_init, dtype=self.dtype,
+                                              name=name)
+    q, k, v = dense('q')(x), dense('k')(k), dense('v')(v)
+    if self.qkv_bias:
+      q = q + self.param('q_bias', nn.initializers.zeros, (dim,)).astype(q.dtype)
+      v = v + self.param('v_bias', nn.initializers.zeros, (dim,)).astype(v.dtype)
+    split = lambda t: t.reshape(*t.shape[:2], self.num_heads, head_dim)
+    x = jax.nn.dot_product_attention(split(q), split(k), split(v))
+    return dense('proj', bias=True)(x.reshape(*x.shape[:2], dim))
+
+
+class CAERegressorLayer(nn.Module):
+  """CAE's regressor block (mmpretrain CAETransformerRegressorLayer): the masked queries attend to the
+  [visible; masked] tokens (positions added to queries and keys, not values), then a post-norm MLP:
+      x = x_q + g1 * attn(norm_q(x_q + pos_q), norm_k(x_kv + pos_k), norm_v(x_kv));  x = norm2(x)
+      x = x + g2 * mlp(x)
+  g1, g2: learned layer scales from `layer_scale_init` (> 0), else 1."""
+  num_heads: int
+  mlp_ratio: float = 4.0
+  qkv_bias: bool = True
+  layer_scale_init: float = 0.
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_q, x_kv, pos_q, pos_k):
+    dim = x_q.shape[-1]
+    norm = lambda name: nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name=name)
+    scale = lambda name, y: (y * self.param(name, nn.initializers.constant(self.layer_scale_init), (dim,))
+                             .astype(y.dtype) if self.layer_scale_init > 0 else y)
+    y = CrossAttention(self.num_heads, self.qkv_bias, dtype=self.dtype, name='cross_attn')(
+        norm('norm1_q_cross')(x_q + pos_q), norm('norm1_k_cross')(x_kv + pos_k), norm('norm1_v_cross')(x_kv))
+    x = norm('norm2_cross')(x_q + scale('gamma_1_cross', y))
+    return x + scale('gamma_2_cross', layers.Mlp(int(dim * self.mlp_ratio), dtype=self.dtype, name='mlp')(x))
+
+
+class CAENeck(nn.Module):
+  """CAE's latent regressor and decoder (mmpretrain CAENeck).
+
+  Mask tokens (one per masked patch) go through `regressor_depth` cross-attention blocks over the encoder's
+  visible tokens -> norm: the latent prediction of the masked patches, aligned with the teacher's latents. Then
+  + their positions -> `decoder_depth` BEiT blocks (q/v bias, layer scale) over the masked tokens only -> norm ->
+  a linear head to the tokenizer's vocabulary. Init as the reference: Linears Xavier-uniform with zero bias, the
+  head's weight and the mask token truncated normal (0.02)."""
+  num_classes: int = 8192
+  regressor_depth: int = 4
+  decoder_depth: int = 4
+  num_heads: int = 12
+  mlp_ratio: float = 4.0
+  layer_scale_init: float = 0.1
+  dtype: Any = jnp.float32
+  remat: bool = False
+
+  @nn.compact
+  def __call__(self, x_unmasked, pos_masked, pos_unmasked, train: bool = False):
+    """x_unmasked: the encoder's visible patch tokens [B, V, D] (no cls); pos_*: their positions [B, M|V, D].
+    Returns (logits [B, M, num_classes], latent_pred [B, M, D])."""
+    b, m, dim = pos_masked.shape
+    mask_token = self.param('mask_token', nn.initializers.truncated_normal(0.02), (1, 1, dim))
+    x = jnp.broadcast_to(mask_token, (b, m, dim)).astype(self.dtype)
+    pos_kv = jnp.concatenate([pos_unmasked, pos_masked], axis=1).astype(self.dtype)
+    pos_masked = pos_masked.astype(self.dtype)
+    regressor = nn.remat(CAERegressorLayer) if self.remat else CAERegressorLayer
+    for i in range(self.regressor_depth):
+      x = regressor(self.num_heads, self.mlp_ratio, layer_scale_init=self.layer_scale_init, dtype=self.dtype,
+                    name=f'regressors_{i}')(x, jnp.concatenate([x_unmasked.astype(x.dtype), x], axis=1),
+                                            pos_masked, pos_kv)
+    latent_pred = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='norm_regressor')(x)
+    x = latent_pred + pos_masked
+    block = nn.remat(layers.Block, static_argnums=(2,)) if self.remat else layers.Block
+    for i in range(self.decoder_depth):
+      x = block(self.num_heads, self.mlp_ratio, qkv_bias='qv', layer_scale_init=self.layer_scale_init or None,
+                dtype=self.dtype, name=f'decoders_{i}')(x, train)
+    x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='norm_decoder')(x)
+    logits = nn.Dense(self.num_classes, kernel_init=nn.initializers.truncated_normal(0.02), dtype=self.dtype,
+                      name='head')(x)
+    return logits, latent_pred

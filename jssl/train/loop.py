@@ -34,15 +34,13 @@ def build_device_augment(config):
 
 
 def num_views(config):
-  return sum(v.get('num', 1) for v in config.data.views)
+  return len(transforms.view_sizes(config.data.views))
 
 
 def example_batch(config):
   """Global uint8 view shapes the train step sees."""
-  views = []
-  for v in config.data.views:
-    views += [jax.ShapeDtypeStruct((config.batch_size, v['size'], v['size'], 3), jnp.uint8)] * v.get('num', 1)
-  return {'views': tuple(views)}
+  return {'views': tuple(jax.ShapeDtypeStruct((config.batch_size, size, size, 3), jnp.uint8)
+                         for size in transforms.view_sizes(config.data.views))}
 
 
 def make_train_step(method, tx, augment_fns):

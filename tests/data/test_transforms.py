@@ -108,6 +108,29 @@ def test_views_equal_torchvision_with_the_same_draws(image, interpolation):
   assert any(flips) and not all(flips)
 
 
+def test_second_size_is_the_same_crop_and_flip_resized_with_lanczos(image):
+  # BEiT / CAE's RandomResizedCropAndInterpolationWithTwoPic (the official PIL version): one crop box, two sizes
+  specs = [dict(size=48, second_size=24, interpolation='bicubic', flip_prob=0.5, num=4)]
+  transform = transforms.RandomResizedCropViews(specs)
+  out = transform.random_map(record(image), np.random.default_rng(5))
+  assert [v.shape[0] for v in out['views']] == transforms.view_sizes(specs) == [48, 24] * 4
+  rng = np.random.default_rng(5)
+  pil = Image.fromarray(image)
+  flips = []
+  for big, small in zip(out['views'][::2], out['views'][1::2]):
+    top, left, h, w = transforms.crop_params(rng, pil.height, pil.width, (0.08, 1.0), (3 / 4, 4 / 3))
+    crop = pil.crop((left, top, left + w, top + h))
+    expected = [crop.resize((48, 48), Image.BICUBIC), crop.resize((24, 24), Image.LANCZOS)]
+    flips.append(rng.random() < 0.5)
+    if flips[-1]:
+      expected = [e.transpose(Image.FLIP_LEFT_RIGHT) for e in expected]
+    np.testing.assert_array_equal(big, np.asarray(expected[0]))
+    np.testing.assert_array_equal(small, np.asarray(expected[1]))
+  assert any(flips) and not all(flips)
+  with pytest.raises(ValueError, match='no scale/ratio/second_size'):
+    transforms.RandomResizedCropViews([dict(size=24, resize=32, second_size=12)])
+
+
 def test_flip_prob_extremes(image):
   spec = dict(size=40, scale=(0.5, 1.0))
   never = transforms.RandomResizedCropViews([dict(spec, flip_prob=0.0)])
@@ -136,7 +159,7 @@ def test_views_reject_unknown_options():
   with pytest.raises(ValueError, match='Unknown view options'):
     transforms.RandomResizedCropViews([dict(size=32, scales=(0.1, 1.0))])
   with pytest.raises(ValueError, match='Unknown interpolation'):
-    transforms.RandomResizedCropViews([dict(size=32, interpolation='lanczos')])
+    transforms.RandomResizedCropViews([dict(size=32, interpolation='nearest')])
 
 
 @pytest.mark.parametrize('shape', [(120, 160), (160, 120), (37, 53), (32, 32)])
