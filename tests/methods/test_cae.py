@@ -207,6 +207,7 @@ def test_eight_devices_and_fsdp_match_one_device():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # MaskFeat's resume test covers on-device block masks, MoCo v2's an EMA encoder in method_state
 def test_killed_run_resumes_exactly(tmp_path):
   # the teacher (updated inside the loss), the tokenizer in method_state and the on-device block masks
   from tests.train.test_resume import assert_resume_exact

@@ -170,8 +170,8 @@ def test_extract_features():
 
 
 @pytest.mark.slow
-@pytest.mark.heavy  # MAE's 8-device FSDP case (tests/train/test_sharding.py) covers a ViT; the SimMIM / CAE tests
-def test_eight_devices_and_fsdp_match_one_device():  # cover masks drawn on device from the step's rng
+@pytest.mark.heavy  # MAE's 8-device FSDP case (tests/train/test_sharding.py) covers a ViT; SimMIM's, masks drawn
+def test_eight_devices_and_fsdp_match_one_device():  # on device from the step's rng
   from tests.train.test_sharding import assert_devices_match
   assert_devices_match('configs/maskfeat.py:demo', {
       'backbone.kwargs.depth': 2,  # 192 wide, as MAE's case: big enough for the fsdp mesh to shard
@@ -180,8 +180,7 @@ def test_eight_devices_and_fsdp_match_one_device():  # cover masks drawn on devi
 
 
 @pytest.mark.slow
-@pytest.mark.heavy  # MAE's and the SimMIM / CAE resume tests cover on-device masks from the step's rng
-def test_killed_run_resumes_exactly(tmp_path):
+def test_killed_run_resumes_exactly(tmp_path):  # the MIM resume check in CI: block masks from the step's rng
   from tests.train.test_resume import assert_resume_exact
   assert_resume_exact(tmp_path, 'configs/maskfeat.py:demo', {
       'backbone.kwargs.depth': 2, 'backbone.kwargs.embed_dim': 32, 'backbone.kwargs.num_heads': 2,

@@ -209,9 +209,8 @@ def test_eight_devices_and_fsdp_match_one_device():
 
 
 @pytest.mark.slow
-@pytest.mark.heavy
+@pytest.mark.heavy  # MaskFeat's resume test covers masks drawn from the step's key, MoCo v2's the generic state
 def test_killed_run_resumes_exactly(tmp_path):
-  # heavy: the MAE and MoCo v3 resume tests cover the mechanism (the mask comes from the step's key like MAE's)
   from tests.train.test_resume import assert_resume_exact
   assert_resume_exact(tmp_path, 'configs/simmim.py:demo', {**SMALL, 'batch_size': 32, 'total_steps': 20})
 
