@@ -224,6 +224,7 @@ def test_frozen_prototypes_do_not_move_under_lars():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # SimCLR's 8-device test covers losses over the global batch (Sinkhorn is one), MoCo v2's a queue
 def test_eight_devices_and_fsdp_match_one_device():
   # queue from step 0, one batch long: written at step 1, used at step 2; prototypes frozen for step 1 only
   assert_devices_match('configs/swav.py:demo', {**SMALL, 'data.views.0.size': 16, 'data.views.1.size': 8,
