@@ -23,8 +23,8 @@ c = load_config_file(config_path)
 apply_overrides(c, overrides)
 c.batch_size = 16
 rng = np.random.default_rng(0)
-views = tuple(rng.integers(0, 256, (16, v['size'], v['size'], 3), dtype=np.uint8)
-              for v in c.data.views for _ in range(v.get('num', 1)))
+from jssl.data.transforms import view_sizes  # every view, CAE's second size of a crop included
+views = tuple(rng.integers(0, 256, (16, size, size, 3), dtype=np.uint8) for size in view_sizes(c.data.views))
 host_batch = {'views': views, 'index': np.arange(16, dtype=np.int64) * 3, 'label': np.arange(16, dtype=np.int32) % 4}
 out = {}
 for name, mesh, mode in [('one', dict(data=1, fsdp=1), 'replicate'), ('dp8', dict(data=8, fsdp=1), 'replicate'),
