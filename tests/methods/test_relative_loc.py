@@ -53,14 +53,19 @@ def test_patch_grid_geometry_jitter_range_and_pair_labels_by_hand():
 def test_loss_and_gradients_equal_a_torch_transcription_of_mmselfsup_relative_loc():
   """Same weights and patches in torch: mmpretrain's ResNet on the 8N neighbours and on the 8x repeated centres
   (two forwards, as MMSelfSup's RelativeLoc), concatenation [neighbour, centre], fc -> BN1d -> ReLU -> fc,
-  cross-entropy. Dropout off here (its mask cannot be shared); it is checked separately below."""
+  cross-entropy. Dropout off here (its mask cannot be shared); it is checked separately below.
+
+  The reference runs in float64, so the comparison measures jax's float32 rounding only. 8-px patches reach layer3/4
+  as 1x1 maps where a pre-activation near a ReLU kink can flip with rounding: with 3 images, fp32 gradients of some
+  seeds differ from float64 by 1e-3 to 0.8 (it failed CI on another CPU); with these 6 images seeds 0-3 all agree
+  within 2e-5."""
   from tests import parity
   c = get_config('demo')
   c.backbone.kwargs.num_filters = 8
   c.model.neck_out_channels = 16
   c.model.neck_dropout = 0.
   method = relative_loc.Method(c)
-  views = np.random.default_rng(0).normal(size=(3, 33, 33, 3)).astype(np.float32)
+  views = np.random.default_rng(0).normal(size=(6, 33, 33, 3)).astype(np.float32)
   batch = {'views': (jnp.asarray(views),)}
   params, model_state, method_state = method.init(jax.random.key(0), batch)
   loss_fn = lambda p: method.loss(p, model_state, method_state, batch, jax.random.key(1), 0)
@@ -77,18 +82,20 @@ def test_loss_and_gradients_equal_a_torch_transcription_of_mmselfsup_relative_lo
     module.bias.data = torch.tensor(np.asarray(p['bias']))
   bn.weight.data = torch.tensor(np.asarray(params['neck']['bn']['scale']))
   bn.bias.data = torch.tensor(np.asarray(params['neck']['bn']['bias']))
-  neighbours = parity.nhwc_to_torch(patches[:, [0, 1, 2, 3, 5, 6, 7, 8]].reshape(24, 8, 8, 3))
-  centres = parity.nhwc_to_torch(np.repeat(patches[:, 4], 8, axis=0))
+  for module in (backbone, fc, bn, fc_cls):
+    module.double()
+  nchw = lambda x: torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float64))
+  neighbours = nchw(patches[:, [0, 1, 2, 3, 5, 6, 7, 8]].reshape(48, 8, 8, 3))
+  centres = nchw(np.repeat(patches[:, 4], 8, axis=0))
   x1, x2 = backbone(neighbours)[-1], backbone(centres)[-1]
   x = torch.cat((x1, x2), dim=1).mean(dim=(2, 3))
   logits = fc_cls(torch.relu(bn(fc(x))))
-  ref_loss = torch.nn.functional.cross_entropy(logits, torch.arange(8).repeat(3))
+  ref_loss = torch.nn.functional.cross_entropy(logits, torch.arange(8).repeat(6))
   ref_loss.backward()
   np.testing.assert_allclose(loss, ref_loss.item(), rtol=1e-5)
-  # fp32 rounding is amplified at the stem here (8-px patches, BN over 3 centres at 1x1 maps): 2e-3; the repeat-vs-
-  # once equivalence itself is exact (float64 test below)
+  # the repeat-vs-once equivalence itself is exact (float64 test below)
   parity.assert_grads_close(grads['backbone']['conv1']['kernel'],
-                            parity.first_conv_grad_to_jssl(backbone.conv1.weight.grad), rtol=2e-3)
+                            parity.first_conv_grad_to_jssl(backbone.conv1.weight.grad), rtol=2e-4)
   parity.assert_grads_close(grads['neck']['fc']['kernel'], fc.weight.grad.numpy().T)
   parity.assert_grads_close(grads['head']['fc_cls']['kernel'], fc_cls.weight.grad.numpy().T)
   # running means updated twice per step (neighbours, then centres), as the reference's two forwards
