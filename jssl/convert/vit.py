@@ -15,10 +15,11 @@ jssl names -> torch names (Dense/LayerNorm: .weight/.bias, conv OIHW):
   norm                        norm                     ln1
   fc_norm                     fc_norm                  ln2
 
-With rel_pos_bias the layout is BEiT's (timm `Beit`, mmpretrain `BEiTViT`):
-layer scales are blocks.{i}.gamma_1 / gamma_2 (layers.{i}.gamma_1 / gamma_2),
-and mmpretrain also stores the constant layers.{i}.attn.relative_position_index
-(timm does not persist it). 'mae' and 'mocov3' are timm names: the official
+With rel_pos_bias or qkv_bias='qv' the layout is BEiT's (timm `Beit`,
+mmpretrain `BEiTViT`, and CAE's `CAEPretrainViT`, a BEiT block with absolute
+sin-cos positions): layer scales are blocks.{i}.gamma_1 / gamma_2
+(layers.{i}.gamma_1 / gamma_2). With rel_pos_bias mmpretrain also stores the
+constant layers.{i}.attn.relative_position_index (timm does not persist it). 'mae' and 'mocov3' are timm names: the official
 checkpoints' encoders are timm VisionTransformers (the framework strips the
 `model` / `module.base_encoder.` wrappers and drops decoder_*, mask_token and
 head.*, see jssl.convert.io.IGNORED).
@@ -112,7 +113,7 @@ def key_map(template, fmt, module):
   if 'params' not in template:
     raise ConversionError(f"ViT variables need 'params' (got "
                           f"{', '.join(sorted(template)) or 'none'})")
-  beit = module.rel_pos_bias
+  beit = module.rel_pos_bias or module.qkv_bias == 'qv'  # the BEiT block (CAE's too)
   entries = [keymap.Entry('params', path, torch_key(path, fmt, beit),
                           layout(path))
              for path in keymap.flatten(template['params'])]
@@ -125,7 +126,7 @@ def key_map(template, fmt, module):
         return ("differs from jssl's fixed (MAE) sin-cos table; use "
                 "pos_embed='learned' to keep the checkpoint's values")
     constants.append(keymap.Constant('pos_embed', table, check_sincos))
-  if beit and fmt == 'mmpretrain':
+  if module.rel_pos_bias and fmt == 'mmpretrain':
     index = relative_position_index((module.grid_size,) * 2)
 
     def check_index(value):

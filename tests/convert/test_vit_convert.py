@@ -201,6 +201,40 @@ def test_relative_position_bias_vs_mmpretrain_beit():
     convert.from_torch(state_dict, 'mmpretrain', template_of(arch)[1], arch)
 
 
+def with_sincos(torch_vit):
+  """jssl's fixed (MAE) sin-cos table in the torch model's pos_embed."""
+  with torch.no_grad():
+    torch_vit.pos_embed.copy_(torch.from_numpy(np.asarray(get_2d_sincos_pos_embed(64, 4))[None]))
+  return torch_vit
+
+
+CAE_ARCH = dict(pos_embed='sincos', qkv_bias='qv', layer_scale_init=0.1,
+                output='tokens')
+
+
+def test_cae_backbone_vs_mmpretrain_cae_vit():
+  """CAE's encoder (configs/cae.py: q/v biases, layer scale, sin-cos
+  positions) uses BEiT's gamma_1 / gamma_2 names in mmpretrain's CAEPretrainViT."""
+  from mmpretrain.models.selfsup.cae import CAEPretrainViT
+  make = lambda: with_sincos(randomized(CAEPretrainViT(
+      arch=MM_ARCH, img_size=32, patch_size=8, layer_scale_init_value=0.1,
+      out_type='raw', final_norm=True)))
+  variables = check_parity(arch_of(**CAE_ARCH), 'mmpretrain', make,
+                           lambda m, x: m(x, None)[0])
+  names = convert.to_torch(variables, 'mmpretrain', arch_of(**CAE_ARCH))
+  assert {'layers.0.gamma_1', 'layers.1.gamma_2'} <= set(names)
+
+
+def test_cae_backbone_vs_timm_beit_with_absolute_positions():
+  from timm.models.beit import Beit
+  make = lambda: randomized(Beit(
+      img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4,
+      num_classes=0, use_abs_pos_emb=True, use_rel_pos_bias=False,
+      init_values=0.1, global_pool='token'))
+  arch = arch_of(**CAE_ARCH)
+  check_parity(arch, 'timm', lambda: with_sincos(make()), lambda m, x: m.forward_features(x))
+
+
 def test_mae_sincos_pos_embed_is_checked_not_loaded():
   arch = arch_of(pos_embed='sincos')
   table = get_2d_sincos_pos_embed(64, 4)[None]
