@@ -19,15 +19,28 @@ The recipes of the reference (MMSelfSup) translate as:
 - `lr_mult_names` / `lr_mult`: the updates of parameters under these keys are scaled by `lr_mult` (MMSelfSup's
   `paramwise_cfg.custom_keys={name: dict(lr_mult=...)}`; for SGD/LARS/AdamW scaling the update is scaling the lr,
   decoupled decay included), e.g. a predictor at 10x the lr.
+- `layer_decay` / `layer_decay_kind` ('vit' | 'swin'): layer-wise lr decay of the fine-tune recipes (mmpretrain's
+  LearningRateDecayOptimWrapperConstructor): each parameter under params['backbone'] has the lr multiplier
+  layer_decay ** (L + 1 - layer_id), L the number of transformer blocks; the stem (patch embedding, cls token,
+  ViT pos_embed) is layer 0, block i of the whole network layer i + 1 (Swin: counted across stages; a patch merging
+  takes the id of the last block before it), everything else (final norms, Swin's absolute_pos_embed) and all
+  parameters outside the backbone (the head) L + 1, i.e. multiplier 1. `layer_decay_scales` gives the tree.
+  The fine-tune recipes' weight decay: none for 1-D params (norms, biases, layer scales, q/v biases) and
+  FINETUNE_NO_DECAY_NAMES. docs/layer_decay.md has the details and each recipe's hyper-parameters.
 Schedules are linear warmup from `lr * warmup_start_factor` followed by cosine annealing to `min_lr`, a constant,
 or `step`: lr times `gamma` at each of `milestones` (epochs; MoCo v1's 120/160 and the linear probes').
 """
+import re
+
 import flax.traverse_util
 import jax
 import optax
 
 OPTIMIZERS = ('adamw', 'lars', 'sgd')
 SCHEDULES = ('cosine', 'constant', 'step')
+LAYER_DECAY_KINDS = ('vit', 'swin')
+# No weight decay in the fine-tune recipes (MAE, CAE, MaskFeat, SimMIM), with the 1-D params (exclude_1d)
+FINETUNE_NO_DECAY_NAMES = ('pos_embed', 'cls_token', 'absolute_pos_embed', 'relative_position_bias_table')
 
 
 def decay_mask(params, no_decay_names=(), exclude_1d=True):
@@ -53,6 +66,74 @@ def add_decayed_weights(weight_decay, mask, params, decay_mult=None):
   return optax.chain(optax.add_decayed_weights(weight_decay, in_group('')),
                      *[optax.add_decayed_weights(weight_decay * mult, in_group(name))
                        for name, mult in decay_mult.items()])
+
+
+def _index(key, prefix):
+  """3 for key 'blocks_3' and prefix 'blocks'; None for other keys."""
+  m = re.fullmatch(rf'{prefix}_(\d+)', str(key))
+  return int(m.group(1)) if m else None
+
+
+def layer_ids(backbone, kind):
+  """(tree of layer ids shaped like `backbone`, L + 1): mmpretrain's `get_layer_depth` of VisionTransformer /
+  BEiTViT ('vit') and SwinTransformer ('swin') on jssl's names, L the number of blocks counted in the tree."""
+  flat = flax.traverse_util.flatten_dict(backbone)
+  if kind == 'vit':
+    num_blocks = len({_index(p[0], 'blocks') for p in flat} - {None})
+    stem = ('patch_embed', 'cls_token', 'pos_embed')
+
+    def block_id(p):
+      i = _index(p[0], 'blocks')
+      return None if i is None else i + 1
+  elif kind == 'swin':
+    stages = {}  # stage -> its number of blocks
+    for p in flat:
+      stage = _index(p[0], 'layers')
+      if stage is not None:
+        stages.setdefault(stage, set()).add(_index(p[1], 'blocks'))
+    depths = [len(stages.get(s, set()) - {None}) for s in range(max(stages, default=-1) + 1)]
+    num_blocks = sum(depths)
+    stem = ('patch_embed',)
+
+    def block_id(p):
+      stage = _index(p[0], 'layers')
+      if stage is None:
+        return None
+      if p[1] == 'downsample':  # mmpretrain's stages.{stage-1}.downsample: the id of the block before it
+        return sum(depths[:stage])
+      return sum(depths[:stage]) + _index(p[1], 'blocks') + 1
+  else:
+    raise ValueError(f"config.optimizer.layer_decay_kind: unknown kind '{kind}'; "
+                     f"valid: {', '.join(LAYER_DECAY_KINDS)}")
+
+  def layer_id(path):
+    if path[0] in stem:
+      return 0
+    i = block_id(path)
+    return num_blocks + 1 if i is None else i  # final norms, Swin's absolute_pos_embed, ...: the last id
+
+  return flax.traverse_util.unflatten_dict({p: layer_id(p) for p in flat}), num_blocks + 1
+
+
+def layer_decay_scales(params, decay_rate, kind, backbone_key='backbone'):
+  """Tree of lr multipliers shaped like `params`: decay_rate ** (L + 1 - layer_id) under params[backbone_key]
+  (see `layer_ids`), 1 for everything else (the head)."""
+  if backbone_key not in params:
+    raise ValueError(f"config.optimizer.layer_decay: the params have no '{backbone_key}' subtree (top-level keys: "
+                     f"{', '.join(map(str, params))})")
+  ids, last = layer_ids(params[backbone_key], kind)
+  scales = {k: jax.tree.map(lambda _: 1., v) for k, v in params.items() if k != backbone_key}
+  scales[backbone_key] = jax.tree.map(lambda i: float(decay_rate) ** (last - i), ids)
+  return scales
+
+
+def scale_by_tree(scales):
+  """Multiplies each update by its leaf of `scales` (a tree of floats shaped like the params)."""
+  def update(updates, state, params=None):
+    del params
+    # mapped over `scales` first so that masked-out subtrees (optax.MaskedNode, no leaves) pass through as they are
+    return jax.tree.map(lambda s, u: jax.tree.map(lambda x: x * s, u), scales, updates), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def build_schedule(opt_cfg, sched_cfg, steps_per_epoch: int, total_steps: int):
@@ -130,6 +211,15 @@ def build_optimizer(opt_cfg, schedule, params):
     scaled = jax.tree_util.tree_map_with_path(
         lambda p, _: any(getattr(k, 'key', None) in mult_names for k in p), params)
     tx = optax.chain(tx, optax.masked(optax.scale(mult), scaled))
+  layer_decay = opt_cfg.get('layer_decay', None)
+  if layer_decay is not None and layer_decay != 1.:
+    if not 0. < layer_decay <= 1.:
+      raise ValueError(f'config.optimizer.layer_decay: expected a rate in (0, 1], got {layer_decay}')
+    # Scaling a parameter's update by s is scaling its lr by s: AdamW's update is -lr * (adam step + wd * w), so
+    # the decoupled decay follows the layer's lr too, as in torch's AdamW with one lr per param group (mmpretrain's
+    # LearningRateDecayOptimWrapperConstructor); SGD's and LARS's momentum traces are linear in the step.
+    scales = layer_decay_scales(params, layer_decay, opt_cfg.get('layer_decay_kind', None))
+    tx = optax.chain(tx, scale_by_tree(scales))
   frozen = tuple(opt_cfg.get('frozen_names', ()))
   if frozen:  # e.g. MoCo v3's patch embedding: no update at all
     labels = jax.tree_util.tree_map_with_path(
