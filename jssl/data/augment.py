@@ -10,7 +10,8 @@ sample with its own probability (jnp.where on a Bernoulli draw), so nothing bran
      dict(type='RandomGrayscale', prob=0.2),
      dict(type='GaussianBlur', sigma_min=0.1, sigma_max=2.0, kernel_size=23, prob=0.5),
      dict(type='Solarize', threshold=0.5, prob=0.2)]
-into `augment(key, images_uint8) -> normalized float32 images`.
+into `augment(key, images_uint8) -> normalized float32 images`. Random erasing (fine-tuning) runs on the
+normalized images: build_augment normalizes before it.
 """
 import functools
 import inspect
@@ -264,6 +265,70 @@ def random_rotation(key, images, degrees=2.0, prob=1.0):
   return jnp.where((u[:, 0] < prob)[:, None, None, None], rotated, images)
 
 
+ERASE_ATTEMPTS = 10
+
+
+def erasing_boxes(uniforms, height, width, min_area=0.02, max_area=1 / 3, min_aspect=0.3, max_aspect=None):
+  """timm RandomErasing's box per sample, from uniforms [B, 2 * ERASE_ATTEMPTS + 2] in [0, 1).
+
+  Up to ERASE_ATTEMPTS tries of an area ~ U[min_area, max_area] * height * width and an aspect ratio (h / w)
+  log-uniform in [min_aspect, max_aspect (default 1 / min_aspect)], h and w rounded; the first try with
+  h < height and w < width wins, then top ~ U{0..height - h}, left ~ U{0..width - w}. All tries are computed
+  and the first fit is selected (static shapes). Columns: area and aspect draw of try k at 2k and 2k + 1, then
+  top and left. Returns int32 (top, left, h, w), each [B]; h = w = 0 (nothing erased) where no try fits.
+  """
+  max_aspect = max_aspect or 1 / min_aspect
+  log_lo, log_hi = math.log(min_aspect), math.log(max_aspect)
+  tries = uniforms[:, :2 * ERASE_ATTEMPTS].reshape(-1, ERASE_ATTEMPTS, 2)
+  area = (min_area + (max_area - min_area) * tries[..., 0]) * (height * width)
+  aspect = jnp.exp(log_lo + (log_hi - log_lo) * tries[..., 1])
+  h = jnp.round(jnp.sqrt(area * aspect)).astype(jnp.int32)
+  w = jnp.round(jnp.sqrt(area / aspect)).astype(jnp.int32)
+  fits = (h < height) & (w < width)
+  first = jnp.argmax(fits, axis=1)[:, None]
+  found = jnp.any(fits, axis=1)
+  h = jnp.where(found, jnp.take_along_axis(h, first, axis=1)[:, 0], 0)
+  w = jnp.where(found, jnp.take_along_axis(w, first, axis=1)[:, 0], 0)
+
+  def integer_below(u, count):  # U{0..count - 1}; the clip guards u * count rounding up to count in float32
+    return jnp.minimum((u * count).astype(jnp.int32), count - 1)
+
+  top = integer_below(uniforms[:, -2], height - h + 1)
+  left = integer_below(uniforms[:, -1], width - w + 1)
+  return top, left, h, w
+
+
+def random_erasing(key, images, prob=0.25, min_area=0.02, max_area=1 / 3, min_aspect=0.3, max_aspect=None,
+                   mode='pixel'):
+  """timm RandomErasing(probability=prob, mode=mode, max_count=1) on *normalized* images [B, H, W, C], per sample.
+
+  One rectangle per erased sample (see `erasing_boxes`), filled with N(0, 1) noise per pixel ('pixel'; the
+  fine-tuning recipes, = mmpretrain's RandomErasing(mode='rand', fill_color=mean, fill_std=std) up to its uint8
+  rounding), one N(0, 1) colour per sample ('rand') or 0 ('const'). The box is a mask, so shapes stay static.
+  """
+  if mode not in ('pixel', 'rand', 'const'):
+    raise ValueError(f"RandomErasing mode {mode!r}; valid: 'pixel', 'rand', 'const'")
+  if not 0 < min_area <= max_area or min_aspect <= 0:
+    raise ValueError(f'RandomErasing needs 0 < min_area <= max_area and min_aspect > 0, got '
+                     f'min_area={min_area}, max_area={max_area}, min_aspect={min_aspect}')
+  batch, height, width, channels = images.shape
+  box_key, noise_key = jax.random.split(key)
+  uniforms = jax.random.uniform(box_key, (batch, 2 * ERASE_ATTEMPTS + 3))
+  top, left, h, w = erasing_boxes(uniforms[:, 1:], height, width, min_area, max_area, min_aspect, max_aspect)
+  rows = jnp.arange(height)[None, :, None]
+  cols = jnp.arange(width)[None, None, :]
+  inside = ((rows >= top[:, None, None]) & (rows < (top + h)[:, None, None])
+            & (cols >= left[:, None, None]) & (cols < (left + w)[:, None, None]))
+  erase = inside & (uniforms[:, 0] < prob)[:, None, None]
+  if mode == 'pixel':
+    fill = jax.random.normal(noise_key, images.shape, images.dtype)
+  elif mode == 'rand':
+    fill = jax.random.normal(noise_key, (batch, 1, 1, channels), images.dtype)
+  else:
+    fill = jnp.zeros((), images.dtype)
+  return jnp.where(erase[..., None], fill, images)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Config-driven pipeline.
 
@@ -273,32 +338,45 @@ AUGMENTS = {
     'GaussianBlur': random_gaussian_blur,
     'Solarize': random_solarize,
     'RandomRotation': random_rotation,
+    'RandomErasing': random_erasing,
 }
+# Ops on normalized images (timm's RandomErasing follows Normalize): build_augment normalizes before the first one.
+ON_NORMALIZED = ('RandomErasing',)
 
 
 def build_augment(ops, mean=IMAGENET_MEAN, std=IMAGENET_STD):
   """Returns `augment(key, images_uint8 [B, H, W, 3]) -> float32 [B, H, W, 3]`, normalized.
 
   `ops` is a list of mappings (dicts or ConfigDicts), each with a `type` from AUGMENTS and that function's
-  keyword arguments; the ops run in list order, each with its own key.
+  keyword arguments; the ops run in list order, each with its own key. The ops on [0, 1] images come first;
+  normalization comes before the first op of ON_NORMALIZED (e.g. RandomErasing), or at the end.
   """
   steps = []
+  normalized_from = None  # the name of the first op on normalized images
   for op in ops:
     params = dict(op)
     name = params.pop('type', None)
     if name not in AUGMENTS:
       raise ValueError(f'Unknown augment type {name!r}; valid types: {", ".join(AUGMENTS)}')
+    if name in ON_NORMALIZED:
+      normalized_from = normalized_from or name
+    elif normalized_from:
+      raise ValueError(f'Augment {name!r} works on [0, 1] images and must come before {normalized_from!r}, '
+                       f'which works on normalized ones')
     fn = AUGMENTS[name]
     try:  # Catch a misspelt option now rather than at the first traced train step.
       inspect.signature(fn).bind(None, None, **params)
     except TypeError as e:
       raise TypeError(f'Augment {name!r}: {e}') from None
-    steps.append(functools.partial(fn, **params))
+    steps.append((functools.partial(fn, **params), name in ON_NORMALIZED))
 
   def augment(key, images):
     x = images.astype(jnp.float32) / 255.0
-    for step_key, step in zip(jax.random.split(key, max(len(steps), 1)), steps):
+    normalized = False
+    for step_key, (step, on_normalized) in zip(jax.random.split(key, max(len(steps), 1)), steps):
+      if on_normalized and not normalized:
+        x, normalized = normalize(x, mean, std), True
       x = step(step_key, x)
-    return normalize(x, mean, std)
+    return x if normalized else normalize(x, mean, std)
 
   return augment

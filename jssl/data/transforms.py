@@ -167,6 +167,26 @@ class ResizeCenterCrop(grain.MapTransform):
     return out
 
 
+class ResizeSquash(grain.MapTransform):
+  """torchvision Resize(resize) (shorter side) then Resize((size, size)): the whole image squashed to a square, no
+  crop; MMSelfSup's feature extraction for the VOC07 SVM benchmark. resize=0 skips the first step."""
+
+  def __init__(self, resize=256, size=224, interpolation='bilinear'):
+    self.resize = int(resize)
+    self.size = int(size)
+    self.resample = _resample(interpolation)
+
+  def map(self, element):
+    image = Image.fromarray(element['image'])
+    if self.resize:
+      image = resize_shorter_side(image, self.resize, self.resample)
+    if image.size != (self.size, self.size):
+      image = image.resize((self.size, self.size), self.resample)
+    out = dict(element)
+    out['image'] = np.asarray(image, dtype=np.uint8)
+    return out
+
+
 def view_sizes(views_cfg):
   """The sizes of the arrays in 'views', in order: `num` repeats of each spec's size, each followed by its
   second_size when it has one."""
