@@ -23,15 +23,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every = 50
   c.checkpoint = ml_collections.ConfigDict({'every': 1000, 'keep': 3, 'keep_every': 0, 'async_save': True})
   c.eval = ml_collections.ConfigDict({
-      'every': 0,                     # > 0: kNN monitor every N steps
+      'every': 0,                     # > 0: kNN monitor every N steps (evaluators: val accuracy)
+      'every_epochs': 0,              # > 0 (and every = 0): the same every N epochs
       'at_end': True,                 # kNN of the trained and the random-init backbone into results.json
       'knn_k': 20, 'knn_t': 0.07, 'batch_size': 256,
+      'linear_epochs': 0,             # > 0: also a linear probe on the same features at the end (standardized, SGD)
+      'linear_lr': 0.1,
       'feature_stage': -1,            # -1: the method's features; k >= 0: backbone output k pooled (ResNet 0..4)
       'resize': 256, 'crop': 224, 'interpolation': 'bilinear',
   })
   c.backbone = ml_collections.ConfigDict({'name': '', 'kwargs': ml_collections.ConfigDict()})
   # start a fresh run from imported weights: a directory written by `python -m jssl.convert FILE DIR --backbone=…`
-  c.init = ml_collections.ConfigDict({'backbone': ''})
+  # strict: every backbone leaf must be in it (False: load the shared leaves, keep the others' init; fine-tuning)
+  # random_init: only the architecture of init.backbone, its weights left out (an evaluator's random-init baseline)
+  c.init = ml_collections.ConfigDict({'backbone': '', 'strict': True, 'random_init': False})
   c.model = ml_collections.ConfigDict()
   c.optimizer = ml_collections.ConfigDict()
   c.schedule = ml_collections.ConfigDict({'name': 'cosine', 'warmup_epochs': 0., 'warmup_start_factor': 1e-3,
@@ -45,6 +50,7 @@ def imagenet_data(views, augment) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({
       'name': 'imagefolder', 'root': 'data/imagenet', 'train_split': 'train', 'val_split': 'val',
       'train_ann_file': 'meta/train.txt', 'val_ann_file': 'meta/val.txt', 'tfds_name': 'imagenet2012',
+      'train_subset_file': '',  # semi-supervised: SimCLR's 1percent.txt / 10percent.txt (see jssl/data/sources.py)
       'image_size': 224, 'workers': 8, 'views': views, 'augment': augment,
       'mean': IMAGENET_MEAN, 'std': IMAGENET_STD,
   })
@@ -115,7 +121,7 @@ def demo_run(c: ml_collections.ConfigDict, image_size: int) -> None:
   """Run-level settings of every ':demo' variant: minutes on a 2-core CPU."""
   c.log_every = 10
   c.checkpoint.every = 100
-  c.eval.update({'batch_size': 256, 'resize': image_size, 'crop': image_size})
+  c.eval.update({'batch_size': 256, 'resize': image_size, 'crop': image_size, 'linear_epochs': 100})
 
 
 class ConfigError(Exception):
@@ -130,6 +136,9 @@ def check_config(config):
   from jssl.data.sources import SOURCE_NAMES
   if not config.method:
     raise ConfigError('config.method is empty; valid: ' + ', '.join(sorted(METHODS)))
+  if not config.backbone.name:
+    raise ConfigError('config.backbone.name is empty: name a backbone, or point config.init.backbone at a pretrained '
+                      'one (a jssl workdir or an imported backbone directory) to take its architecture')
   checks = [('config.method', config.method, METHODS), ('config.backbone.name', config.backbone.name, BACKBONES),
             ('config.dtype', config.dtype, DTYPES), ('config.optimizer.name', config.optimizer.name, optim.OPTIMIZERS),
             ('config.schedule.name', config.schedule.name, optim.SCHEDULES),

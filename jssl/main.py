@@ -17,8 +17,10 @@ from jssl.config import ConfigError, check_config, config_value, fail, parse_fla
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/mae.py:demo.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory (or gs:// path) for checkpoints, logs and results.')
+KNN_KS = (10, 20, 100, 200)
 _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
-                          'train: pretrain (resuming if possible); eval: kNN of the latest checkpoint.')
+                          "train: train (resuming if possible); eval: the latest checkpoint's kNN (k = 10, 20, "
+                          "100, 200), or an evaluator's val top-1 / top-5.")
 
 
 def maybe_initialize_distributed():
@@ -46,6 +48,8 @@ def main(argv):
   from jssl.data.sources import DataNotFoundError
   from jssl.convert.errors import ConversionError
   try:
+    from jssl.train.loop import resolve_pretrained_backbone
+    resolve_pretrained_backbone(config)  # evaluators take the architecture of config.init.backbone
     check_config(config)
     maybe_initialize_distributed()
     import jax
@@ -61,8 +65,14 @@ def main(argv):
         state, step = checkpoint.restore_params(_WORKDIR.value, trainer.abstract_state)
       except FileNotFoundError as e:  # --mode=eval on a workdir that has not trained
         fail(f'--workdir: {e}')
-      result = trainer.evaluate_knn(state)
-      print(f'step {step} | kNN (k={config.eval.knn_k}) top-1 {result["top1"]:.2f} top-5 {result["top5"]:.2f}')
+      if hasattr(trainer.method, 'predict'):  # an evaluator's workdir: its classifiers on the val split
+        for name, r in trainer.evaluate_classifier(state).items():
+          print(f'step {step} | {name} top-1 {r["top1"]:.2f} top-5 {r["top5"]:.2f}')
+        return
+      results = trainer.evaluate_knn(state, k=KNN_KS)  # MMSelfSup's knn_classifier reports these four
+      for k, result in results.items():
+        print(f'step {step} | kNN (k={k}, T={config.eval.knn_t}) top-1 {result["top1"]:.2f} '
+              f'top-5 {result["top5"]:.2f}')
   except (ConfigError, DataNotFoundError, ConversionError) as e:
     fail(str(e))
   except ValueError as e:  # unknown registry names raised while building (backbone kwargs, augment ops, ...)

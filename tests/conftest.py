@@ -37,6 +37,20 @@ def run_python(code_or_args, devices=1, env=None, timeout=900, check=True):
   return proc
 
 
+def run_cli(main, *args):
+  """A CLI's `main(argv)` in-process: (exit code, stdout, stderr)."""
+  import contextlib
+  import io
+  out, err = io.StringIO(), io.StringIO()
+  code = 0
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    try:
+      main([str(a) for a in args])
+    except SystemExit as e:
+      code = e.code
+  return code, out.getvalue(), err.getvalue()
+
+
 def apply_overrides(config, overrides):
   """Sets {'a.b.0.c': value} (dotted keys; integers index lists) in an ml_collections config."""
   for key, value in overrides.items():

@@ -18,6 +18,8 @@ def check_demo(tmp_path, config, extra_args=()):
   results = json.loads((tmp_path / 'results.json').read_text())
   assert results['steps'] == 12
   assert 0 <= results['knn_top1_random_init'] <= 100 and 0 <= results['knn_top1'] <= 100
+  assert 0 <= results['linear_top1_random_init'] <= 100 and 0 <= results['linear_top1'] <= 100  # the quick probe
+  assert 'linear probe' in proc.stdout
   assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit()) == ['12', '6']
   assert list((tmp_path / 'tensorboard').glob('events.out.tfevents.*'))
   assert json.loads((tmp_path / 'config.json').read_text())['total_steps'] == 12
@@ -27,7 +29,12 @@ def check_demo(tmp_path, config, extra_args=()):
 @pytest.mark.slow
 @pytest.mark.parametrize('config', ['configs/simclr.py:demo', 'configs/barlowtwins.py:demo'])
 def test_demo_writes_everything(tmp_path, config):
-  check_demo(tmp_path, config)
+  results = check_demo(tmp_path, config)
+  if config.startswith('configs/simclr.py'):  # --mode=eval: kNN of the latest checkpoint at MMSelfSup's four ks
+    proc = run_python(['-m', 'jssl.main', f'--config={config}', f'--workdir={tmp_path}', '--mode=eval', *SHORT])
+    lines = [l for l in proc.stdout.splitlines() if l.startswith('step 12 | kNN')]
+    assert [l.split('(k=')[1].split(',')[0] for l in lines] == ['10', '20', '100', '200'], proc.stdout
+    assert f'kNN (k=20, T=0.07) top-1 {results["knn_top1"]:.2f}' in lines[1]  # the end-of-run figure again
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jssl.convert import io
+from jssl.convert import io, published
 from jssl.convert.errors import ConversionError
 
 # family -> module with FORMATS / to_torch / from_torch, chosen by the backbone's registry name
@@ -221,6 +221,64 @@ def replace_backbone(state, variables):
   return state.replace(params=params, model_state=model_state)
 
 
+def resize_relative_position_bias_table(table, dst_side: int):
+  """A relative position bias table [(2w-1)^2, heads] of a window w resized to [dst_side^2, heads] (BEiT's and
+  mmpretrain's `resize_relative_position_bias_table`): the source offsets are spread on a geometric progression
+  that reaches the new half-width, and each head's grid is interpolated by a bicubic spline through them (scipy's
+  removed `interp2d(kind='cubic')` on a grid is this RectBivariateSpline)."""
+  from scipy.interpolate import RectBivariateSpline
+  table = np.asarray(table, np.float64)
+  src_side = int(round(table.shape[0] ** 0.5))
+  if src_side ** 2 != table.shape[0]:
+    raise ConversionError(f'relative_position_bias_table of shape {table.shape} is not a square grid')
+  if src_side < 4:  # a bicubic spline needs 4 points per axis
+    raise ConversionError(f'relative_position_bias_table of shape {table.shape}: a window below 3 cannot be resized')
+  half = src_side // 2
+  left, right = 1.01, 1.5  # ratio q with 1 + q + ... + q^(half-1) = dst_side // 2, by bisection
+  while right - left > 1e-6:
+    q = (left + right) / 2.
+    if (1. - q ** half) / (1. - q) > dst_side // 2:
+      right = q
+    else:
+      left = q
+  distances = np.cumsum([1.] + [q ** (i + 1) for i in range(half - 1)])
+  coords = np.concatenate([-distances[::-1], [0.], distances])
+  t = dst_side // 2.
+  targets = np.arange(-t, t + 0.1, 1.)
+  heads = [RectBivariateSpline(coords, coords, table[:, h].reshape(src_side, src_side), kx=3, ky=3, s=0)(
+      targets, targets).reshape(-1) for h in range(table.shape[1])]
+  return np.stack(heads, axis=1).astype(np.float32)
+
+
+def merge_backbone(state, variables):
+  """Non-strict `replace_backbone` (mmengine's `load_checkpoint(strict=False)`), for fine-tuning a backbone whose
+  head-side layers differ from pretraining's (MAE: pretrained `norm`, fine-tuned `fc_norm`): every leaf the state
+  and `variables` share is loaded; the rest keeps its fresh init. Relative position bias tables of another window
+  size are resized (`resize_relative_position_bias_table`). Returns (state, missing, unused): the state's
+  leaves not in the checkpoint and the checkpoint's leaves the state lacks ('params/norm/scale', ...). A shared
+  leaf of another shape is an error."""
+  flat = lambda tree: {'/'.join(str(getattr(k, 'key', k)) for k in path): v
+                       for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  current, loaded = flat(backbone_subtree(state)), flat(dict(variables))
+  for name in sorted(set(current) & set(loaded)):
+    if name.endswith('relative_position_bias_table') and current[name].shape != np.shape(loaded[name]):
+      # another window size (SimMIM: pretrained w6 at 192 px, fine-tuned w7 at 224), resized as mmpretrain does
+      loaded[name] = resize_relative_position_bias_table(loaded[name], int(round(current[name].shape[0] ** 0.5)))
+    if tuple(current[name].shape) != tuple(np.shape(loaded[name])):
+      raise ConversionError(f'{name}: pretrained shape {tuple(np.shape(loaded[name]))} != state shape '
+                            f'{tuple(current[name].shape)}')
+  merged = {name: loaded.get(name, value) for name, value in current.items()}
+  tree = {}
+  for name, value in merged.items():
+    *path, leaf = name.split('/')
+    node = tree
+    for key in path:
+      node = node.setdefault(key, {})
+    node[leaf] = value
+  state = replace_backbone(state, tree)
+  return state, sorted(set(current) - set(loaded)), sorted(set(loaded) - set(current))
+
+
 # --- imported backbones on disk ---------------------------------------------------------------------------------
 def save_imported_backbone(dst: str, backbone_name: str, backbone_kwargs, variables, source: dict | None = None):
   """DST/backbone.json ({'name', 'kwargs', 'source'}) + DST/variables/ (orbax StandardSave of the variables).
@@ -246,6 +304,41 @@ def save_imported_backbone(dst: str, backbone_name: str, backbone_kwargs, variab
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
+
+
+def pretrained_arch(path: str) -> tuple[str, dict]:
+  """(backbone name, kwargs) of a pretrained backbone `path`: a jssl workdir (its config.json), a directory
+  written by `python -m jssl.convert FILE DST` (its backbone.json) or a file written by
+  `python -m jssl.tools.publish_model` (its metadata). Reads only the JSON, so an evaluator's config can take its
+  architecture from the checkpoint it starts from."""
+  if os.path.isfile(path):
+    return published.published_arch(path)
+  if os.path.isfile(os.path.join(path, BACKBONE_JSON)):
+    with open(os.path.join(path, BACKBONE_JSON)) as f:
+      meta = json.load(f)
+    return meta['name'], dict(meta['kwargs'])
+  if os.path.isfile(os.path.join(path, 'config.json')):
+    config = load_config(path)
+    return config.backbone.name, config.backbone.get('kwargs', ml_collections.ConfigDict()).to_dict()
+  if not os.path.exists(path):
+    raise ConversionError(f'{path}: does not exist (expected a jssl workdir, an imported backbone directory or a '
+                          'published model file)')
+  raise ConversionError(f'{path}: neither a jssl workdir (no config.json) nor an imported backbone (no '
+                        f'{BACKBONE_JSON}); import PyTorch weights with python -m jssl.convert FILE DIR '
+                        f'--format=... --backbone=...')
+
+
+def load_pretrained_backbone(path: str, step: int | None = None):
+  """(backbone name, kwargs, variables) of a jssl workdir's checkpoint (the latest unless `step`), of an
+  imported backbone directory or of a published model file; variables are {'params', ['batch_stats']} of numpy
+  arrays."""
+  name, kwargs = pretrained_arch(path)
+  if os.path.isfile(path):
+    return name, kwargs, published.read_published(path)[1]['backbone']
+  if os.path.isfile(os.path.join(path, BACKBONE_JSON)):
+    return load_imported_backbone(path)
+  _, state, _ = load_workdir(path, step)
+  return name, kwargs, backbone_variables(state)
 
 
 def load_imported_backbone(path: str):

@@ -33,6 +33,13 @@ role 'train' or 'val'. The fields it reads (missing or None -> default):
   train_ann_file  imagelist only: list file, relative to root unless absolute
                   (default 'meta/train.txt').
   val_ann_file    likewise (default 'meta/val.txt').
+  train_subset_file  imagefolder only: keep just the images a split file
+                  lists (relative to root unless absolute; '' or None: all),
+                  labelled by their class folder as in the full folder.
+                  Lines are SimCLR's `n01440764_10026.JPEG` (1percent.txt,
+                  10percent.txt: the class is the name's prefix) or
+                  MMSelfSup's `n01440764/n01440764_10026.JPEG [label]`.
+  val_subset_file likewise for the 'val' role.
   tfds_name       tfds only: the dataset name, e.g. 'imagenet2012'.
   image_size      digits only: output side length (default 32).
 
@@ -130,16 +137,27 @@ class DigitsSource:
 
 
 class ImageFolderSource:
-  """root/<class>/**/<image>: sorted class folder names -> labels 0..C-1."""
+  """root/<class>/**/<image>: sorted class folder names -> labels 0..C-1.
 
-  def __init__(self, root):
+  `subset_file`: only the images it lists (semi-supervised splits), each
+  labelled by its class folder with the label the full folder gives it;
+  `subset_key` names the config field in error messages.
+  """
+
+  def __init__(self, root, subset_file=None,
+               subset_key='config.data.train_subset_file'):
     root = os.fspath(root)
     if not os.path.isdir(root):
       raise DataNotFoundError(f'data not found: {root}')
     self.root = root
+    self.subset_file = os.fspath(subset_file) if subset_file else None
     self.classes = sorted(
         d.name for d in os.scandir(root) if d.is_dir() and
         not d.name.startswith('.'))
+    if self.subset_file:
+      self.paths, self.labels = _read_subset(root, self.classes,
+                                             self.subset_file, subset_key)
+      return
     self.paths, self.labels = [], []
     for label, name in enumerate(self.classes):
       class_dir = os.path.join(root, name)
@@ -164,8 +182,48 @@ class ImageFolderSource:
     return _record(_read_image(self.paths[index]), self.labels[index], index)
 
   def __repr__(self):
-    return (f'ImageFolderSource(root={self.root!r}, {len(self)} images, '
-            f'{len(self.classes)} classes)')
+    subset = f', subset_file={self.subset_file!r}' if self.subset_file else ''
+    return (f'ImageFolderSource(root={self.root!r}{subset}, {len(self)} '
+            f'images, {len(self.classes)} classes)')
+
+
+def _read_subset(root, classes, subset_file, key):
+  """(paths, labels) of the images `subset_file` lists, sorted as the full
+  folder sorts them. A line is SimCLR's `n01440764_10026.JPEG` (the class is
+  the prefix before '_') or a path under root with an optional label
+  (MMSelfSup's `n01440764/n01440764_10026.JPEG 0`), which must be the
+  folder's label. Every listed image must exist."""
+  label_of = {name: label for label, name in enumerate(classes)}
+  entries = []
+  with open(subset_file) as f:
+    for line_number, line in enumerate(f, start=1):
+      parts = line.split()
+      if not parts:
+        continue
+      where = f'{key}: {subset_file} line {line_number}'
+      if len(parts) > 2:
+        raise ValueError(f'{where}: expected "name" or "path [label]", got '
+                         f'{line.strip()!r}')
+      relative = parts[0]
+      if '/' not in relative:  # SimCLR: n01440764_10026.JPEG
+        relative = f'{relative.split("_")[0]}/{relative}'
+      class_name = relative.split('/')[0]
+      if class_name not in label_of:
+        raise ValueError(f'{where}: class {class_name!r} of {parts[0]} is not '
+                         f'a class folder of {root}')
+      label = label_of[class_name]
+      if len(parts) == 2 and parts[1] != str(label):
+        raise ValueError(f'{where}: label {parts[1]} of {parts[0]}, but its '
+                         f'folder {class_name} is class {label} of the sorted '
+                         f'class folders')
+      path = os.path.join(root, relative)
+      if not os.path.isfile(path):
+        raise DataNotFoundError(f'data not found: {path}, listed in {where}')
+      entries.append((label, path))
+  if not entries:
+    raise ValueError(f'{key}: {subset_file} lists no images')
+  entries.sort()
+  return [p for _, p in entries], [label for label, _ in entries]
 
 
 class ImageListSource:
@@ -407,6 +465,13 @@ def build_source(cfg, split, cfg_path='config.data'):
     raise ValueError(f'{cfg_path}.root must be set for {cfg_path}.name '
                      f'{name!r}')
 
+  subset_key = f'{split}_subset_file'
+  subset_file = _get(cfg, subset_key)
+  if subset_file and name != 'imagefolder':
+    raise ValueError(f'{cfg_path}.{subset_key} is for {cfg_path}.name '
+                     f"'imagefolder', not {name!r} (for 'imagelist', point "
+                     f'{cfg_path}.{split}_ann_file at the list)')
+
   if name == 'digits':
     default_split = 'train' if split == 'train' else 'test'
     return DigitsSource(_get(cfg, split_key, default_split),
@@ -419,7 +484,13 @@ def build_source(cfg, split, cfg_path='config.data'):
                'splits (e.g. ImageNet)', cfg_path)
       _require(image_dir, split_key, f'the sub-folder of {root} holding the '
                f'{split} images', cfg_path)
-      return ImageFolderSource(image_dir)
+      if subset_file:
+        subset_file = os.path.join(root, subset_file)
+        _require(subset_file, subset_key, "a split file (SimCLR's "
+                 "1percent.txt / 10percent.txt, or MMSelfSup's "
+                 'meta/train_1percent.txt)', cfg_path)
+      return ImageFolderSource(image_dir, subset_file,
+                               f'{cfg_path}.{subset_key}')
     ann_key = f'{split}_ann_file'
     ann_file = os.path.join(root, _get(cfg, ann_key, f'meta/{split}.txt'))
     _require(root, 'root', 'an MMSelfSup-style data root (e.g. '

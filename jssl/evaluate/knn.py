@@ -7,38 +7,81 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 from jssl.losses import l2_normalize
 from jssl.train import sharding
+from jssl.train.sharding import BATCH_AXES
 
 
-@functools.partial(jax.jit, static_argnames=('k',))
-def _votes(train_features, train_onehot, test_features, temperature, k):
-  sim = test_features @ train_features.T
-  top_sim, top_idx = jax.lax.top_k(sim, k)
+def _put(x, layout):
+  """A host array (the same on every host) as a global array laid out by `layout` (multi-host safe)."""
+  return jax.make_array_from_callback(x.shape, layout, lambda index: x[index])
+
+
+@functools.lru_cache(maxsize=None)
+def _neighbours_fn(mesh, k):
+  """jit of (train rows split over the mesh, their labels, replicated queries) -> (similarity, label) of each
+  query's k nearest rows, replicated. Each device ranks its own rows, then the devices' candidates are merged,
+  so the [queries, train] similarities are never on one device."""
+  def local(train_features, train_labels, queries):
+    train_features, queries = l2_normalize(train_features), l2_normalize(queries)
+    sim = jnp.matmul(queries, train_features.T, precision=jax.lax.Precision.HIGHEST)
+    sim = jnp.where(train_labels[None, :] >= 0, sim, -jnp.inf)  # padding rows are never neighbours
+    top_sim, top_idx = jax.lax.top_k(sim, min(k, sim.shape[1]))
+    top_sim = jax.lax.all_gather(top_sim, BATCH_AXES, axis=1, tiled=True)
+    top_labels = jax.lax.all_gather(train_labels[top_idx], BATCH_AXES, axis=1, tiled=True)
+    top_sim, pick = jax.lax.top_k(top_sim, k)
+    return top_sim, jnp.take_along_axis(top_labels, pick, axis=1)
+  return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(BATCH_AXES), P(BATCH_AXES), P()),
+                               out_specs=(P(), P()), check_vma=False))
+
+
+@functools.partial(jax.jit, static_argnames=('ks', 'num_classes'))
+def _votes(top_sim, top_labels, temperature, ks, num_classes):
+  """[len(ks), queries, classes]: each query's class votes from its k nearest, weight exp(sim / T), for each k
+  (the neighbours come sorted, so the k nearest are the first k)."""
   weights = jnp.exp(top_sim / temperature)
-  return jnp.einsum('tk,tkc->tc', weights, train_onehot[top_idx])
+  rows = jnp.arange(top_sim.shape[0])[:, None]
+  return jnp.stack([jnp.zeros((top_sim.shape[0], num_classes)).at[rows, top_labels[:, :k]].add(weights[:, :k])
+                    for k in ks])
 
 
 def knn_accuracy(train_features, train_labels, test_features, test_labels, k=20, temperature=0.07,
-                 num_classes=None, chunk=1024):
-  """Top-1 / top-5 accuracy (%) of the weighted kNN classifier."""
-  train_labels = np.asarray(train_labels)
+                 num_classes=None, chunk=1024, mesh=None):
+  """Top-1 / top-5 accuracy (%) of the weighted kNN classifier: {'top1', 'top5'} for an int `k`; for a tuple of
+  ks, {k: {'top1', 'top5'}} for each, from one search for the largest (MMSelfSup reports k = 10, 20, 100, 200).
+
+  `mesh`: the training features' rows are split over all of its devices (ImageNet's 1.28M x 2048 float32 is
+  10 GB); default: the first local device only. Queries go in chunks of `chunk` rows."""
+  ks = (k,) if np.ndim(k) == 0 else tuple(int(x) for x in k)
+  train_labels = np.asarray(train_labels, np.int32)
   test_labels = np.asarray(test_labels)
   num_classes = int(max(train_labels.max(), test_labels.max()) + 1) if num_classes is None else num_classes
-  train_features = l2_normalize(jnp.asarray(train_features, jnp.float32))
-  test_features = l2_normalize(jnp.asarray(test_features, jnp.float32))
-  onehot = jax.nn.one_hot(train_labels, num_classes)
-  k = min(k, train_features.shape[0])
-  top1 = top5 = 0
-  for start in range(0, test_features.shape[0], chunk):
-    votes = _votes(train_features, onehot, test_features[start:start + chunk], temperature, k=k)
-    ranked = np.argsort(-np.asarray(votes), axis=1, kind='stable')[:, :5]
-    labels = test_labels[start:start + chunk, None]
-    top1 += int((ranked[:, :1] == labels).sum())
-    top5 += int((ranked == labels).any(axis=1).sum())
+  if mesh is None:
+    mesh = sharding.make_mesh(devices=jax.local_devices()[:1])
+  clamped = tuple(min(x, len(train_labels)) for x in ks)
+  rows = sharding.batch_sharding(mesh)
+  pad = -len(train_labels) % mesh.size  # padding rows: zero features, label -1
+  train_features = _put(np.pad(np.asarray(train_features, np.float32), ((0, pad), (0, 0))), rows)
+  train_labels = _put(np.pad(train_labels, (0, pad), constant_values=-1), rows)
+  test_features = np.asarray(test_features, np.float32)
   n = len(test_labels)
-  return {'top1': 100. * top1 / n, 'top5': 100. * top5 / n}
+  neighbours = _neighbours_fn(mesh, max(clamped))
+  chunk = min(chunk, n)
+  top1, top5 = np.zeros(len(ks), np.int64), np.zeros(len(ks), np.int64)
+  for start in range(0, n, chunk):
+    queries = test_features[start:start + chunk]
+    count = len(queries)
+    queries = np.pad(queries, ((0, chunk - count), (0, 0)))  # one compiled shape for every chunk
+    top_sim, top_labels = neighbours(train_features, train_labels, _put(queries, sharding.replicated(mesh)))
+    votes = np.asarray(_votes(top_sim, top_labels, temperature, clamped, num_classes))[:, :count]
+    ranked = np.argsort(-votes, axis=2, kind='stable')[:, :, :5]
+    labels = test_labels[start:start + count, None]
+    top1 += (ranked[:, :, 0] == labels[None, :, 0]).sum(axis=1)
+    top5 += (ranked == labels[None]).any(axis=2).sum(axis=1)
+  results = {x: {'top1': float(100. * t1 / n), 'top5': float(100. * t5 / n)} for x, t1, t5 in zip(ks, top1, top5)}
+  return results[ks[0]] if np.ndim(k) == 0 else results
 
 
 def make_extractor(extract_fn, normalize, mesh):
@@ -55,7 +98,8 @@ def make_extractor(extract_fn, normalize, mesh):
 
 
 def extract_features(extractor, variables, source, transform, batch_size, mesh, num_threads=4):
-  """Features and labels of every record of `source`, in order, by `extractor` (from `make_extractor`).
+  """Features and labels of every record of `source`, in order, by `extractor` (from `make_extractor`); the
+  features are an array or a pytree of arrays (e.g. {stage: [N, D]}), as `extractor` returns them.
 
   Each host reads the records of its share of every global batch, and the last batch is padded (and the
   padding dropped).
@@ -74,9 +118,9 @@ def extract_features(extractor, variables, source, transform, batch_size, mesh, 
       out_feats, out_labels = extractor(variables, jax.make_array_from_process_local_data(in_sharding, images),
                                         jax.make_array_from_process_local_data(in_sharding, local_labels))
       count = min(batch_size, n - start)
-      feats.append(np.asarray(out_feats)[:count])
+      feats.append(jax.tree.map(lambda f: np.asarray(f)[:count], out_feats))
       labels.append(np.asarray(out_labels)[:count])
-  return np.concatenate(feats), np.concatenate(labels)
+  return jax.tree.map(lambda *f: np.concatenate(f), *feats), np.concatenate(labels)
 
 
 def extract_sharded(extract_fn, source, transform, batch_size, mesh, num_threads=4):

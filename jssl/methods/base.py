@@ -9,6 +9,11 @@ A method is a small object around Flax modules (see ../shared/design.md):
     after_step(params, method_state, step) -> method_state          # EMA targets, queues, memory banks
     extract(params, model_state, images) -> features [B, D]          # for kNN / linear eval / export
 
+Optional, for evaluators (jssl/evaluate/: linear probe, fine-tune), which the loop then scores on the val split:
+
+    predict(params, model_state, method_state, images) -> {head name: logits [B, classes]}
+    head_names: the heads' names, in the order predict returns them
+
 Optional, for epoch-level work (DeepCluster's clustering of the whole training set):
 
     on_epoch(state, epoch, trainer) -> (state, summary line)          # before every epoch, on the whole TrainState;
@@ -33,10 +38,12 @@ from jssl.models.necks import global_avg_pool
 
 # A method is the module jssl/methods/<name>.py defining `Method`, imported only when used (so a method's deps load
 # only then). ALIASES: config names served by another method's module (MoCo v1 is MoCo v2 with other options).
+# EVALUATORS: supervised protocols on a pretrained backbone that the same loop trains (jssl/evaluate/).
 ALIASES = {'mocov1': 'mocov2'}
+EVALUATORS = {'linear_probe': 'jssl.evaluate.linear', 'finetune': 'jssl.evaluate.finetune'}
 _MODULES = [m.name for m in pkgutil.iter_modules([os.path.dirname(__file__)]) if m.name != 'base']
-METHODS = {name: f'jssl.methods.{ALIASES.get(name, name)}'
-           for name in sorted(_MODULES + [a for a, m in ALIASES.items() if m in _MODULES])}
+METHODS = {**{name: f'jssl.methods.{ALIASES.get(name, name)}'
+              for name in sorted(_MODULES + [a for a, m in ALIASES.items() if m in _MODULES])}, **EVALUATORS}
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 

@@ -13,6 +13,7 @@ from absl import logging
 from jssl import checkpoint, optim
 from jssl.data import augment, loader, sources, transforms
 from jssl.evaluate import knn
+from jssl.evaluate.linear import fit_linear_probe
 from jssl.methods.base import build_method
 from jssl.train import sharding
 from jssl.train.state import TrainState
@@ -43,6 +44,19 @@ def example_batch(config):
                          for size in transforms.view_sizes(config.data.views))}
 
 
+def resolve_pretrained_backbone(config):
+  """An evaluator config may leave config.backbone.name empty: the architecture is then the one of
+  config.init.backbone (a jssl workdir or an imported backbone), its kwargs updated by config.backbone.kwargs
+  (e.g. a fine-tune's drop_path_rate). Written into the config, so the workdir's config.json records it."""
+  if config.backbone.name or not config.init.get('backbone'):
+    return
+  from jssl import convert
+  name, kwargs = convert.pretrained_arch(config.init.backbone)
+  with config.unlocked():
+    config.backbone.name = name
+    config.backbone.kwargs = {**kwargs, **config.backbone.get('kwargs', {}).to_dict()}
+
+
 def make_train_step(method, tx, augment_fns):
   def train_step(state: TrainState, batch):
     rng = jax.random.fold_in(state.rng, state.step)
@@ -69,6 +83,7 @@ class Trainer:
   def __init__(self, config, workdir, num_records=None, devices=None):
     """`num_records` stands in for the training set's size when no data is read (benchmarks, tests);
     `devices` restricts the mesh to a subset of jax.devices()."""
+    resolve_pretrained_backbone(config)
     self.config = config
     self.workdir = workdir
     if num_records is None:  # first, so that missing data is reported before any device work
@@ -108,6 +123,13 @@ class Trainer:
     pseudo-classes), or a fresh shuffle seeded by the epoch when it gives None."""
     d = self.config.data
     crops = [transforms.RandomResizedCropViews([dict(v) for v in d.views])]
+    if d.get('randaugment'):  # e.g. 'rand-m9-mstd0.5-inc1' (fine-tuning), filled with the mean colour as timm's
+      from jssl.data.randaugment import RandAugmentViews
+      fill = tuple(min(255, round(255 * m)) for m in d.mean)
+      try:
+        crops.append(RandAugmentViews.from_config(dict(policy=d.randaugment, fill=fill, interpolation='bicubic')))
+      except ValueError as e:
+        raise ValueError(f'config.data.randaugment: {e}') from None
     if epoch is None:
       return loader.make_loader(self.train_source, crops, self.config.batch_size, seed=self.config.seed,
                                 shuffle=True, worker_count=d.workers)
@@ -147,14 +169,20 @@ class Trainer:
     return state, iter(self.make_loader(epoch, state.method_state))
 
   def load_backbone(self, state, path):
-    """`state` with its backbone replaced by an imported one (config.init.backbone)."""
+    """`state` with its backbone replaced by a pretrained one (config.init.backbone: a jssl workdir or an
+    imported backbone directory)."""
     from jssl import convert
-    name, kwargs, variables = convert.load_imported_backbone(path)
+    name, kwargs, variables = convert.load_pretrained_backbone(path)
     if name != self.config.backbone.name:
       raise ValueError(f"config.init.backbone: {path} holds a '{name}' backbone but config.backbone.name is "
                        f"'{self.config.backbone.name}'; valid: {name}")
-    print(f'backbone initialized from {path}', flush=True)
-    return convert.replace_backbone(state, variables)
+    if self.config.init.get('strict', True):
+      print(f'backbone initialized from {path}', flush=True)
+      return convert.replace_backbone(state, variables)
+    state, missing, unused = convert.merge_backbone(state, variables)
+    print(f'backbone initialized from {path}; not in it (fresh init): {", ".join(missing) or "none"}; '
+          f'in it, unused: {", ".join(unused) or "none"}', flush=True)
+    return state
 
   # --- evaluation -------------------------------------------------------------------------------------------
   def knn_features(self, state):
@@ -192,8 +220,14 @@ class Trainer:
     from jssl.convert import backbone_subtree
     return backbone_subtree(state)
 
-  def evaluate_knn(self, state):
-    """Weighted kNN top-1/top-5 of the backbone's features, train split as memory, val split as queries."""
+  def evaluate_knn(self, state, k=None):
+    """Weighted kNN top-1/top-5 of the backbone's features, train split as memory, val split as queries
+    (k: config.eval.knn_k, or a tuple of ks -> {k: result}); the memory's rows are split over the mesh."""
+    e = self.config.eval
+    return knn.knn_accuracy(*self.eval_features(state), k=k or e.knn_k, temperature=e.knn_t, mesh=self.mesh)
+
+  def eval_features(self, state):
+    """(train features, train labels, val features, val labels) that kNN reads, center-cropped."""
     d, e = self.config.data, self.config.eval
     if not hasattr(self, '_eval_sources'):
       self._eval_sources = (sources.build_source(d, 'train'), sources.build_source(d, 'val'))
@@ -208,7 +242,43 @@ class Trainer:
                                             self.mesh)
     test_f, test_y = knn.extract_features(extractor, variables, self._eval_sources[1], transform, e.batch_size,
                                           self.mesh)
-    return knn.knn_accuracy(train_f, train_y, test_f, test_y, k=e.knn_k, temperature=e.knn_t)
+    return train_f, train_y, test_f, test_y
+
+  def evaluate_classifier(self, state):
+    """Top-1 / top-5 (%) of each of the method's classifiers (`method.predict`) on the val split, resized and
+    center-cropped as config.eval says: {head name: {'top1', 'top5'}}."""
+    d, e = self.config.data, self.config.eval
+    if not hasattr(self, '_val_source'):
+      self._val_source = sources.build_source(d, 'val')
+    if not hasattr(self, '_predictor'):
+      mean, std = jnp.asarray(d.mean, jnp.float32), jnp.asarray(d.std, jnp.float32)
+      normalize = lambda x: (x.astype(jnp.float32) / 255. - mean) / std
+
+      def top5(variables, x):  # [B, heads, 5] class ids: what the accuracy needs, not [B, heads, classes] logits
+        logits = self.method.predict(*variables, x)
+        k = min(5, next(iter(logits.values())).shape[-1])
+        return jnp.stack([jax.lax.top_k(v.astype(jnp.float32), k)[1] for v in logits.values()], axis=1)
+      self._predictor = knn.make_extractor(top5, normalize, self.mesh)
+    transform = transforms.ResizeCenterCrop(resize=e.resize, crop=e.crop, interpolation=e.interpolation)
+    ranked, labels = knn.extract_features(self._predictor, (state.params, state.model_state, state.method_state),
+                                          self._val_source,
+                                          transform, e.batch_size, self.mesh)
+    hits = ranked == labels[:, None, None]
+    return {name: {'top1': 100. * float(hits[:, i, :1].any(-1).mean()),
+                   'top5': 100. * float(hits[:, i].any(-1).mean())}
+            for i, name in enumerate(self.method.head_names)}
+
+  def report_classifier(self, state, step, writer, is_main):
+    """evaluate_classifier, printed as a table and written to TensorBoard (eval/<head>/top1, top5)."""
+    result = self.evaluate_classifier(state)
+    if is_main:
+      _print_table(f'step {step} | {self.config.method} on the {self.config.data.val_split} split '
+                   f'({len(self._val_source)} images)', ['head', 'top-1 %', 'top-5 %'],
+                   [[name, f'{r["top1"]:.2f}', f'{r["top5"]:.2f}'] for name, r in result.items()])
+      for name, r in result.items():
+        writer.add_scalar(f'eval/{name}/top1', r['top1'], step)
+        writer.add_scalar(f'eval/{name}/top5', r['top5'], step)
+    return result
 
   # --- training ---------------------------------------------------------------------------------------------
   def run(self):
@@ -233,13 +303,15 @@ class Trainer:
         checkpoint.restore_data_iter(manager, step, data_iter)
     else:
       state = self.init_state(jax.random.PRNGKey(config.seed))
-      if config.init.get('backbone'):
+      if config.init.get('backbone') and not config.init.get('random_init', False):
         state = self.load_backbone(state, config.init.backbone)
     writer = _summary_writer(workdir) if is_main else None
     step = int(state.step)
     accum = config.optimizer.get('grad_accum_steps', 1)
     start_time, last_time, last_step = time.time(), time.time(), step
     metrics = None
+    classifier = hasattr(self.method, 'predict')  # an evaluator: val accuracy instead of kNN
+    eval_every = config.eval.every or int(config.eval.get('every_epochs', 0) * self.steps_per_epoch)
     while step < self.total_steps:
       if per_epoch and step % self.steps_per_epoch == 0:  # also on resuming at an epoch boundary: it is a function
         state, data_iter = self.start_epoch(state, step // self.steps_per_epoch)  # of the state, so it reruns exactly
@@ -265,32 +337,56 @@ class Trainer:
           writer.add_scalar('train/img_per_sec', img_s, step)
       if step % config.checkpoint.every == 0 or step == self.total_steps:
         checkpoint.save(manager, step, state, data_iter)
-      if config.eval.every and step % config.eval.every == 0 and step != self.total_steps:
-        result = self.evaluate_knn(state)
-        if is_main:
-          print(f'step {step} | knn top1 {result["top1"]:.2f} top5 {result["top5"]:.2f}', flush=True)
-          writer.add_scalar('eval/knn_top1', result['top1'], step)
+      if eval_every and step % eval_every == 0 and step != self.total_steps:
+        if classifier:
+          self.report_classifier(state, step, writer, is_main)
+        else:
+          result = self.evaluate_knn(state)
+          if is_main:
+            print(f'step {step} | knn top1 {result["top1"]:.2f} top5 {result["top5"]:.2f}', flush=True)
+            writer.add_scalar('eval/knn_top1', result['top1'], step)
     manager.wait_until_finished()
     results = {'steps': step, 'train_seconds_this_run': round(time.time() - start_time, 1)}
-    if config.eval.at_end:
-      trained = self.evaluate_knn(state)
-      random_init = self.evaluate_knn(self.init_state(jax.random.PRNGKey(config.seed)))
-      results.update({'knn_top1': trained['top1'], 'knn_top5': trained['top5'],
-                      'knn_top1_random_init': random_init['top1'], 'knn_top5_random_init': random_init['top5'],
-                      'knn_k': config.eval.knn_k, 'knn_t': config.eval.knn_t,
-                      'knn_feature_stage': config.eval.get('feature_stage', -1)})
+    if classifier:
+      results['val'] = self.report_classifier(state, step, writer, is_main)
+      results['init'] = ('random' if config.init.get('random_init', False) or not config.init.get('backbone')
+                         else config.init.backbone)
+    elif config.eval.at_end:
+      e = config.eval
+      trained, random_init = [self.eval_features(s) for s in (state, self.init_state(jax.random.PRNGKey(config.seed)))]
+      knn_trained, knn_random = [knn.knn_accuracy(*f, k=e.knn_k, temperature=e.knn_t, mesh=self.mesh)
+                                  for f in (trained, random_init)]
+      results.update({'knn_top1': knn_trained['top1'], 'knn_top5': knn_trained['top5'],
+                      'knn_top1_random_init': knn_random['top1'], 'knn_top5_random_init': knn_random['top5'],
+                      'knn_k': e.knn_k, 'knn_t': e.knn_t, 'knn_feature_stage': e.get('feature_stage', -1)})
+      rows = [['kNN', f'{knn_trained["top1"]:.2f}', f'{knn_random["top1"]:.2f}']]
+      if e.get('linear_epochs', 0):  # the quick probe on the same features (evaluate/linear.fit_linear_probe)
+        probe = lambda f: fit_linear_probe(*f, epochs=e.linear_epochs, lr=e.linear_lr, seed=config.seed)
+        lin_trained, lin_random = probe(trained), probe(random_init)
+        results.update({'linear_top1': lin_trained['top1'], 'linear_top5': lin_trained['top5'],
+                        'linear_top1_random_init': lin_random['top1'],
+                        'linear_top5_random_init': lin_random['top5'], 'linear_epochs': e.linear_epochs})
+        rows.append(['linear probe', f'{lin_trained["top1"]:.2f}', f'{lin_random["top1"]:.2f}'])
       if is_main:
-        stage = config.eval.get('feature_stage', -1)
+        stage = e.get('feature_stage', -1)
         where = f', backbone output {stage}' if stage >= 0 else ''
-        print(f'kNN (k={config.eval.knn_k}{where}) top-1: trained {trained["top1"]:.2f}% | random init '
-              f'{random_init["top1"]:.2f}%', flush=True)
-        writer.add_scalar('eval/knn_top1', trained['top1'], step)
+        _print_table(f'{config.data.val_split} split top-1 % (kNN k={e.knn_k}{where}; linear probe on the same '
+                     f'features)', ['', 'trained', 'random init'], rows)
+        print(f'kNN (k={e.knn_k}{where}) top-1: trained {knn_trained["top1"]:.2f}% | random init '
+              f'{knn_random["top1"]:.2f}%', flush=True)
+        writer.add_scalar('eval/knn_top1', knn_trained['top1'], step)
     if is_main:
       with open(os.path.join(workdir, 'results.json'), 'w') as f:
         json.dump(results, f, indent=2)
       writer.close()
     manager.close()
     return state, results
+
+
+def _print_table(title, header, rows):
+  widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+  line = lambda r: ' | '.join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+  print('\n'.join([title, line(header), '-+-'.join('-' * w for w in widths)] + [line(r) for r in rows]), flush=True)
 
 
 def _summary_writer(workdir):

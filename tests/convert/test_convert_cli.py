@@ -20,7 +20,7 @@ from jssl.convert.errors import ConversionError
 from jssl.methods.base import build_method
 from jssl.models import build_backbone
 from jssl.train.loop import Trainer
-from tests.conftest import run_python
+from tests.conftest import run_cli, run_python
 
 SMALL = {'num_filters': 8}
 SMALL_KWARGS = json.dumps(SMALL)
@@ -65,16 +65,7 @@ def small_workdir(tmp_path_factory):
 
 def convert(*args):
   """In-process CLI: (exit code, stdout, stderr)."""
-  import contextlib
-  import io
-  out, err = io.StringIO(), io.StringIO()
-  code = 0
-  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-    try:
-      convert_main([str(a) for a in args])
-    except SystemExit as e:
-      code = e.code
-  return code, out.getvalue(), err.getvalue()
+  return run_cli(convert_main, *args)
 
 
 def assert_one_line_error(code, stderr, *needles):

@@ -18,19 +18,40 @@ def numpy_weighted_knn(train_f, train_y, test_f, k, t, num_classes):
   return np.array(preds)
 
 
+def clustered_features(seed=0, num_train=300, num_test=100, dim=16, num_classes=7):
+  rng = np.random.default_rng(seed)
+  centers = rng.normal(size=(num_classes, dim))
+  train_y = rng.integers(0, num_classes, num_train)
+  test_y = rng.integers(0, num_classes, num_test)
+  return (centers[train_y] + 1.5 * rng.normal(size=(num_train, dim)), train_y,
+          centers[test_y] + 1.5 * rng.normal(size=(num_test, dim)), test_y)
+
+
 def test_knn_matches_hand_computation():
-  rng = np.random.default_rng(0)
-  centers = rng.normal(size=(7, 16))
-  train_y = rng.integers(0, 7, 300)
-  test_y = rng.integers(0, 7, 100)
-  train_f = centers[train_y] + 1.5 * rng.normal(size=(300, 16))
-  test_f = centers[test_y] + 1.5 * rng.normal(size=(100, 16))
+  train_f, train_y, test_f, test_y = clustered_features()
   for k in (1, 20, 200):
     result = knn.knn_accuracy(train_f, train_y, test_f, test_y, k=k, temperature=0.07, chunk=33)
     ranked = numpy_weighted_knn(train_f, train_y, test_f, k, 0.07, 7)
     assert result['top1'] == 100. * np.mean(ranked[:, 0] == test_y)
     assert result['top5'] == 100. * np.mean((ranked == test_y[:, None]).any(1))
     assert result['top1'] > 30  # well above chance (14%) on separable clusters
+
+
+def test_knn_several_k_at_once_match_brute_force():
+  """MMSelfSup's protocol: k = 10, 20, 100, 200 and T = 0.07 from one search; each k's top-1 and top-5 are those
+  of the NumPy brute force, and of a call with that k alone. 250 training rows: k=200 votes with most of them."""
+  train_f, train_y, test_f, test_y = clustered_features(seed=1, num_train=250, num_test=90, num_classes=12)
+  results = knn.knn_accuracy(train_f, train_y, test_f, test_y, k=(10, 20, 100, 200), temperature=0.07, chunk=40)
+  assert list(results) == [10, 20, 100, 200]
+  for k, result in results.items():
+    ranked = numpy_weighted_knn(train_f, train_y, test_f, k, 0.07, 12)
+    assert result == pytest.approx({'top1': 100. * np.mean(ranked[:, 0] == test_y),
+                                    'top5': 100. * np.mean((ranked == test_y[:, None]).any(1))}, abs=1e-9), k
+    assert result == knn.knn_accuracy(train_f, train_y, test_f, test_y, k=k, temperature=0.07)
+  assert len({r['top1'] for r in results.values()}) > 1  # the ks do differ here
+  # k beyond the training set: every row votes
+  assert knn.knn_accuracy(train_f, train_y, test_f, test_y, k=(200, 1000))[1000] == \
+      knn.knn_accuracy(train_f, train_y, test_f, test_y, k=250)
 
 
 def test_extract_features_order_and_padding():
@@ -82,3 +103,75 @@ def test_knn_reads_the_chosen_backbone_output():
   c.eval.feature_stage = 5
   with pytest.raises(ValueError, match=r'config.eval.feature_stage: 5 .* valid: -1 .*0\.\.4'):
     trainer.knn_features(state)
+
+
+def make_data():
+  """330 4x4 uint8 images of 8 classes (a pattern per class + noise), and a random projection to 16-d."""
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 8, 330).astype(np.int32)
+  patterns = rng.integers(40, 216, (8, 4, 4, 3))
+  images = np.clip(patterns[labels] + rng.integers(-120, 121, (330, 4, 4, 3)), 0, 255).astype(np.uint8)
+  return images, labels, rng.normal(size=(48, 16)).astype(np.float32)
+
+
+EIGHT_DEVICES = r'''
+import json
+import jax, jax.numpy as jnp, numpy as np
+from jssl.evaluate import knn
+from jssl.train.sharding import make_mesh
+from tests.evaluate.test_knn import make_data
+
+assert jax.device_count() == 8
+rng = np.random.default_rng(0)
+images, labels, projection = make_data()
+
+class Source:
+  def __init__(self, ids):
+    self.ids = ids
+  def __len__(self):
+    return len(self.ids)
+  def __getitem__(self, i):
+    j = self.ids[i]
+    return {'image': images[j], 'label': labels[j], 'index': np.int64(i)}
+
+class Identity:
+  def map(self, r):
+    return r
+
+train, test = Source(np.arange(0, 250)), Source(np.arange(250, 330))  # 250, 80 rows: the last batch is padded
+out = {}
+for name, devices in (('one', jax.devices()[:1]), ('eight', jax.devices())):
+  mesh = make_mesh(devices=devices)
+  extractor = knn.make_extractor(lambda w, x: x.reshape(x.shape[0], -1) @ w, lambda x: x.astype(jnp.float32) / 255.,
+                                 mesh)
+  train_f, train_y = knn.extract_features(extractor, projection, train, Identity(), 32, mesh)
+  test_f, test_y = knn.extract_features(extractor, projection, test, Identity(), 32, mesh)
+  result = knn.knn_accuracy(train_f, train_y, test_f, test_y, k=(10, 20, 100, 200), temperature=0.07, chunk=48,
+                            mesh=mesh)
+  out[name] = {'train_f': train_f.tolist(), 'train_y': train_y.tolist(), 'test_f': test_f.tolist(),
+               'test_y': test_y.tolist(), 'knn': {str(k): v for k, v in result.items()}}
+print('RESULT' + json.dumps(out))
+'''
+
+
+def test_knn_on_eight_devices_equals_one_device():
+  """Features extracted with the batch over 8 simulated devices and kNN with the training rows split over them
+  (250 rows: 32 per device, the last with 26 and 6 padding rows) give what 1 device gives, and what NumPy gives."""
+  import json
+  from tests.conftest import run_python
+  proc = run_python(EIGHT_DEVICES, devices=8)
+  out = json.loads(proc.stdout.split('RESULT')[-1])
+  one, eight = out['one'], out['eight']
+  images, _, projection = make_data()
+  want = images.reshape(330, -1).astype(np.float32) / 255. @ projection
+  np.testing.assert_allclose(eight['train_f'], want[:250], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(eight['test_f'], want[250:], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(eight['train_f'], one['train_f'], rtol=1e-6, atol=1e-6)
+  assert eight['train_y'] == one['train_y'] and eight['test_y'] == one['test_y']
+  assert eight['knn'] == one['knn']
+  train_y, test_y = np.array(one['train_y']), np.array(one['test_y'])
+  for k in (10, 20, 100, 200):
+    ranked = numpy_weighted_knn(np.array(one['train_f']), train_y, np.array(one['test_f']), k, 0.07, 8)
+    assert eight['knn'][str(k)] == pytest.approx({'top1': 100. * np.mean(ranked[:, 0] == test_y),
+                                                  'top5': 100. * np.mean((ranked == test_y[:, None]).any(1))})
+  assert eight['knn']['10']['top1'] > 50  # far above chance (12.5%): the features do carry the label

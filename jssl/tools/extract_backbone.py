@@ -1,0 +1,60 @@
+"""Extract the backbone of a trained model (MMSelfSup's extract_backbone_weights) as an imported-backbone directory
+(backbone.json + variables/, what `python -m jssl.convert FILE DIR` writes), which a fine-tuning or evaluation run
+starts from with `--config.init.backbone=DST`.
+
+  python -m jssl.tools.extract_backbone runs/simclr backbones/simclr_r50 [--step=N]
+  python -m jssl.tools.extract_backbone published/simclr_r50-1a2b3c4d.safetensors backbones/simclr_r50
+
+SRC is a jssl workdir or a file written by `python -m jssl.tools.publish_model`. The PyTorch-side equivalent is
+`python -m jssl.convert WORKDIR r50.pth --format=torchvision` (or mmpretrain / timm / detectron2 names).
+"""
+import os
+import sys
+
+from jssl.tools import cli
+
+PROG = 'jssl.tools.extract_backbone'
+
+
+def extract_backbone(src: str, dst: str, step: int | None = None) -> tuple[str, dict]:
+  """Writes SRC's backbone to the directory `dst`; returns (backbone name, kwargs)."""
+  from jssl import convert
+  dst_abs = os.path.abspath(dst)
+  if os.path.exists(dst_abs) and (not os.path.isdir(dst_abs) or os.listdir(dst_abs)):  # before reading SRC
+    raise convert.ConversionError(f'{dst}: already exists and is not an empty directory')
+  source = {'extracted_from': os.path.abspath(src)}
+  if os.path.isdir(src):
+    if not os.path.isfile(os.path.join(src, 'config.json')):
+      raise convert.ConversionError(f'{src}: not a jssl workdir (no config.json)')
+    name, kwargs = convert.pretrained_arch(src)
+    _, state, step = convert.load_workdir(src, step)
+    source['step'] = int(step)
+    variables = convert.backbone_variables(state)
+  elif step is not None:
+    raise convert.ConversionError(f'--step is for a workdir; {src} holds one step')
+  else:
+    name, kwargs, variables = convert.load_pretrained_backbone(src)
+  convert.save_imported_backbone(dst, name, kwargs, variables, source)
+  return name, kwargs
+
+
+def parse_args(argv):
+  p = cli.Parser(prog=PROG, description=__doc__.split('\n')[0])
+  p.add_argument('src', help='a jssl workdir, or a published .safetensors file')
+  p.add_argument('dst', help='the directory to create (backbone.json + variables/)')
+  p.add_argument('--step', type=int, default=None, help='workdir checkpoint step (default: the latest)')
+  return p.parse_args(argv)
+
+
+def main(argv=None):
+  args = parse_args(sys.argv[1:] if argv is None else argv)
+
+  def run(args):
+    name, _ = extract_backbone(args.src, args.dst, args.step)
+    print(f'wrote {args.dst}: the {name} backbone of {args.src}; start a run from it with '
+          f'--config.init.backbone={args.dst}')
+  cli.run(PROG, run, args)
+
+
+if __name__ == '__main__':
+  main()
