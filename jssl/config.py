@@ -21,6 +21,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1})
   c.param_sharding = 'replicate'      # replicate | fsdp (shard params + optimizer state over the fsdp axis)
   c.log_every = 50
+  # a step with NaN/inf loss or gradients is never applied; 'stop': the run ends with an error naming the step at the
+  # next log or checkpoint (no checkpoint is written after it); 'skip': training goes on, counted in the metrics
+  c.nonfinite = 'stop'
   c.checkpoint = ml_collections.ConfigDict({'every': 1000, 'keep': 3, 'keep_every': 0, 'async_save': True})
   c.eval = ml_collections.ConfigDict({
       'every': 0,                     # > 0: kNN monitor every N steps (evaluators: val accuracy)
@@ -143,6 +146,7 @@ def check_config(config):
             ('config.dtype', config.dtype, DTYPES), ('config.optimizer.name', config.optimizer.name, optim.OPTIMIZERS),
             ('config.schedule.name', config.schedule.name, optim.SCHEDULES),
             ('config.param_sharding', config.param_sharding, ('replicate', 'fsdp')),
+            ('config.nonfinite', config.get('nonfinite', 'stop'), ('stop', 'skip')),
             ('config.data.name', config.data.name, SOURCE_NAMES)]
   for field, value, valid in checks:
     if value not in valid:

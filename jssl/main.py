@@ -75,6 +75,9 @@ def main(argv):
               f'top-5 {result["top5"]:.2f}')
   except (ConfigError, DataNotFoundError, ConversionError) as e:
     fail(str(e))
+  except FloatingPointError as e:  # config.nonfinite='stop': one line naming the step, exit 1
+    print(f'jssl: error: {e}', file=sys.stderr, flush=True)
+    sys.exit(1)
   except ValueError as e:  # unknown registry names raised while building (backbone kwargs, augment ops, ...)
     if str(e).startswith('config.') or 'valid:' in str(e):
       fail(str(e))

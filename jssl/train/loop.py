@@ -70,9 +70,18 @@ def make_train_step(method, tx, augment_fns):
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     method_state = method.after_step(params, method_state, state.step)
-    metrics = {**metrics, 'grad_norm': optax.global_norm(grads)}
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state,
-                              method_state=method_state)
+    grad_norm = optax.global_norm(grads)
+    metrics = {**metrics, 'grad_norm': grad_norm}
+    # a NaN/inf step leaves everything as it was (params, optimizer, BN statistics, queues, EMA targets); only the
+    # step advances, so the data and RNG stream stay those of an uninterrupted run
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    new_state = state.replace(
+        step=state.step + 1, params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
+        model_state=keep(model_state, state.model_state), method_state=keep(method_state, state.method_state),
+        nonfinite_steps=state.nonfinite_steps + jnp.where(finite, 0, 1),
+        first_nonfinite_step=jnp.where(finite | (state.first_nonfinite_step >= 0), state.first_nonfinite_step,
+                                       state.step + 1))
     return new_state, metrics
   return train_step
 
@@ -104,7 +113,8 @@ class Trainer:
       params, model_state, method_state = self.method.init(param_rng, batch)
       tx = optim.build_optimizer(config.optimizer, self.schedule, params)
       return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                        model_state=model_state, method_state=method_state, rng=state_rng)
+                        model_state=model_state, method_state=method_state, rng=state_rng,
+                        nonfinite_steps=jnp.zeros((), jnp.int32), first_nonfinite_step=jnp.full((), -1, jnp.int32))
 
     abstract = jax.eval_shape(init_state, jax.random.PRNGKey(config.seed))
     self.state_sharding = sharding.param_shardings(abstract, self.mesh, config.param_sharding)
@@ -281,6 +291,22 @@ class Trainer:
     return result
 
   # --- training ---------------------------------------------------------------------------------------------
+  def check_finite(self, state, manager, seen):
+    """The run's count of NaN/inf steps (their updates were not applied). config.nonfinite='stop' ends the run
+    at the first one, before any checkpoint holds a later step; 'skip' warns and goes on."""
+    count = int(state.nonfinite_steps)
+    if count > seen:
+      first = int(state.first_nonfinite_step)
+      if self.config.get('nonfinite', 'stop') == 'stop':
+        manager.wait_until_finished()  # an async save of an earlier (good) step must land before the run ends
+        latest = manager.latest_step()
+        kept = f'the last checkpoint (step {latest}) in {manager.directory} is intact' if latest is not None \
+            else 'no checkpoint was written'
+        raise NonFiniteError(f'loss or gradients are NaN/inf at step {first}; {kept}; '
+                             f'--config.nonfinite=skip skips such steps instead')
+      logging.warning('skipped %d steps with NaN/inf loss or gradients (the first at step %d)', count, first)
+    return count
+
   def run(self):
     config, workdir = self.config, self.workdir
     is_main = jax.process_index() == 0
@@ -309,7 +335,7 @@ class Trainer:
     step = int(state.step)
     accum = config.optimizer.get('grad_accum_steps', 1)
     start_time, last_time, last_step = time.time(), time.time(), step
-    metrics = None
+    metrics, nonfinite = None, int(state.nonfinite_steps)
     classifier = hasattr(self.method, 'predict')  # an evaluator: val accuracy instead of kNN
     eval_every = config.eval.every or int(config.eval.get('every_epochs', 0) * self.steps_per_epoch)
     while step < self.total_steps:
@@ -318,24 +344,26 @@ class Trainer:
       batch = loader.to_global(next(data_iter), self.mesh)
       state, metrics = self.train_step(state, batch)
       step += 1
-      if step % config.log_every == 0 or step == self.total_steps:
-        metrics = jax.device_get(metrics)
-        if not np.isfinite(metrics['loss']):
-          raise FloatingPointError(f'loss is {metrics["loss"]} at step {step}; the last checkpoint in '
-                                   f'{manager.directory} is intact')
+      logging_step = step % config.log_every == 0 or step == self.total_steps
+      saving_step = step % config.checkpoint.every == 0 or step == self.total_steps
+      if logging_step or saving_step:  # before anything is saved: a NaN step never reaches a checkpoint
+        nonfinite = self.check_finite(state, manager, nonfinite)
+      if logging_step:
+        metrics = {**jax.device_get(metrics), 'nonfinite_steps': nonfinite}
         now = time.time()
         img_s = (step - last_step) * config.batch_size / (now - last_time)
         lr = float(self.schedule((step - 1) // accum))
         eta = (self.total_steps - step) * (now - last_time) / (step - last_step)
         last_time, last_step = now, step
         if is_main:
+          skipped = f' | skipped {nonfinite} non-finite steps' if nonfinite else ''
           print(f'step {step}/{self.total_steps} | epoch {step / self.steps_per_epoch:.2f} | '
-                f'loss {metrics["loss"]:.4f} | lr {lr:.3g} | {img_s:.1f} img/s | ETA {_hms(eta)}', flush=True)
+                f'loss {metrics["loss"]:.4f} | lr {lr:.3g} | {img_s:.1f} img/s | ETA {_hms(eta)}{skipped}', flush=True)
           for k, v in metrics.items():
             writer.add_scalar(f'train/{k}', float(v), step)
           writer.add_scalar('train/lr', lr, step)
           writer.add_scalar('train/img_per_sec', img_s, step)
-      if step % config.checkpoint.every == 0 or step == self.total_steps:
+      if saving_step:
         checkpoint.save(manager, step, state, data_iter)
       if eval_every and step % eval_every == 0 and step != self.total_steps:
         if classifier:
@@ -381,6 +409,10 @@ class Trainer:
       writer.close()
     manager.close()
     return state, results
+
+
+class NonFiniteError(FloatingPointError):
+  """A NaN/inf loss or gradient under config.nonfinite='stop'."""
 
 
 def _print_table(title, header, rows):
