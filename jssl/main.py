@@ -3,8 +3,9 @@
   python -m jssl.main --config=configs/simclr.py:demo --workdir=/tmp/simclr_demo
   python -m jssl.main --config=configs/mae.py --workdir=gs://bucket/mae --config.batch_size=512
 
-Re-running on a workdir that holds a checkpoint resumes from it. Configuration mistakes (unknown field, wrong type,
-unknown method/backbone, missing data) end with one line on stderr and exit code 2.
+Re-running on a workdir that holds a checkpoint resumes from it; SIGTERM saves a checkpoint and exits 0 (see
+docs/staying_up.md). Configuration mistakes (unknown field, wrong type, unknown method/backbone, missing data) and a
+workdir in use by another run end with one line on stderr and exit code 2.
 """
 import os
 import sys
@@ -47,6 +48,8 @@ def main(argv):
     fail('--workdir is required')
   from jssl.data.sources import DataNotFoundError
   from jssl.convert.errors import ConversionError
+  from jssl.checkpoint import CheckpointError
+  from jssl.train.guard import WorkdirLocked
   try:
     from jssl.train.loop import resolve_pretrained_backbone
     resolve_pretrained_backbone(config)  # evaluators take the architecture of config.init.backbone
@@ -73,7 +76,7 @@ def main(argv):
       for k, result in results.items():
         print(f'step {step} | kNN (k={k}, T={config.eval.knn_t}) top-1 {result["top1"]:.2f} '
               f'top-5 {result["top5"]:.2f}')
-  except (ConfigError, DataNotFoundError, ConversionError) as e:
+  except (ConfigError, DataNotFoundError, ConversionError, WorkdirLocked, CheckpointError) as e:
     fail(str(e))
   except FloatingPointError as e:  # config.nonfinite='stop': one line naming the step, exit 1
     print(f'jssl: error: {e}', file=sys.stderr, flush=True)

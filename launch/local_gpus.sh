@@ -31,11 +31,13 @@ fi
 [[ $JSSL_NUM_GPUS =~ ^[1-9][0-9]*$ ]] || die "JSSL_NUM_GPUS=$JSSL_NUM_GPUS: want a count of GPUs >= 1"
 
 pids=()
+# stop_all SIGNAL: TERM makes every process save a checkpoint of one agreed step and exit 0 (docs/staying_up.md);
+# KILL when one has failed: the others cannot save without it and would wait on it
 stop_all() {
   local pid
-  for pid in "${pids[@]}"; do kill "$pid" 2> /dev/null || true; done
+  for pid in "${pids[@]}"; do kill -s "$1" "$pid" 2> /dev/null || true; done
 }
-trap 'stop_all; exit 130' INT TERM
+trap 'stop_all TERM; wait; exit 130' INT TERM
 for ((i = 0; i < JSSL_NUM_GPUS; i++)); do
   proc=(env JAX_COORDINATOR_ADDRESS="localhost:${JSSL_COORDINATOR_PORT:-12355}" JAX_NUM_PROCESSES="$JSSL_NUM_GPUS"
     JAX_PROCESS_ID="$i" CUDA_VISIBLE_DEVICES="$i" "$python" -m jssl.main "$@")
@@ -52,7 +54,7 @@ status=0
 for _ in "${pids[@]}"; do
   if ! wait -n; then
     status=1
-    stop_all
+    stop_all KILL
   fi
 done
 exit $status

@@ -5,6 +5,7 @@
 #SBATCH --ntasks-per-node=8
 #SBATCH --cpus-per-task=8
 #SBATCH --output=jssl-%j.log
+#SBATCH --signal=TERM@120
 # jssl on several GPU nodes under SLURM: srun starts python -m jssl.main once per GPU (default) or once per node, and
 # the processes join one JAX job (coordinator on the first node). Submit from the jssl checkout; walk-through in
 # launch/README.md:

@@ -15,7 +15,7 @@ from jssl.data import augment, loader, sources, transforms
 from jssl.evaluate import knn
 from jssl.evaluate.linear import fit_linear_probe
 from jssl.methods.base import build_method
-from jssl.train import sharding
+from jssl.train import guard, sharding
 from jssl.train.state import TrainState
 
 
@@ -311,6 +311,17 @@ class Trainer:
     config, workdir = self.config, self.workdir
     is_main = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
+    lock = guard.lock_workdir(workdir)  # before anything is written: a second run on the workdir ends here
+    try:
+      with guard.StopOnSigterm() as stop:
+        return self._run(stop)
+    finally:
+      if lock:
+        lock.close()
+
+  def _run(self, stop):
+    config, workdir = self.config, self.workdir
+    is_main = jax.process_index() == 0
     if is_main:
       with open(os.path.join(workdir, 'config.json'), 'w') as f:
         f.write(config.to_json_best_effort(indent=2))
@@ -365,6 +376,16 @@ class Trainer:
           writer.add_scalar('train/img_per_sec', img_s, step)
       if saving_step:
         checkpoint.save(manager, step, state, data_iter)
+      if stop(step) and step < self.total_steps:  # SIGTERM: the same step on every process (see train/guard.py)
+        if manager.latest_step() != step:
+          checkpoint.save(manager, step, state, data_iter, force=True)
+        manager.wait_until_finished()
+        if is_main:
+          print(f'preempted at step {step}: checkpoint saved in {manager.directory / str(step)}; run the same '
+                f'command again to resume', flush=True)
+          writer.close()
+        manager.close()
+        return state, {'steps': step, 'preempted': True}
       if eval_every and step % eval_every == 0 and step != self.total_steps:
         if classifier:
           self.report_classifier(state, step, writer, is_main)
