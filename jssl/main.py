@@ -4,7 +4,7 @@
   python -m jssl.main --config=configs/mae.py --workdir=gs://bucket/mae --config.batch_size=512
 
 Re-running on a workdir that holds a checkpoint resumes from it. Configuration mistakes (unknown field, wrong type,
-unknown method/backbone, missing data) end with one line on stderr and exit code 2.
+unknown method/backbone, missing data) and an unreadable image file end with one line on stderr and exit code 2.
 """
 import os
 import sys
@@ -45,7 +45,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   if not _WORKDIR.value:
     fail('--workdir is required')
-  from jssl.data.sources import DataNotFoundError
+  from jssl.data.sources import CorruptImageError, DataNotFoundError
   from jssl.convert.errors import ConversionError
   try:
     from jssl.train.loop import resolve_pretrained_backbone
@@ -75,6 +75,8 @@ def main(argv):
               f'top-5 {result["top5"]:.2f}')
   except (ConfigError, DataNotFoundError, ConversionError) as e:
     fail(str(e))
+  except CorruptImageError as e:  # also raised in a grain worker: grain re-raises it here, message intact
+    fail(f'{e} (set --config.data.skip_corrupt_images=True to train on with the next readable image instead)')
   except ValueError as e:  # unknown registry names raised while building (backbone kwargs, augment ops, ...)
     if str(e).startswith('config.') or 'valid:' in str(e):
       fail(str(e))

@@ -309,17 +309,21 @@ class Trainer:
     step = int(state.step)
     accum = config.optimizer.get('grad_accum_steps', 1)
     start_time, last_time, last_step = time.time(), time.time(), step
-    metrics = None
+    metrics, corrupt_images = None, 0
     classifier = hasattr(self.method, 'predict')  # an evaluator: val accuracy instead of kNN
     eval_every = config.eval.every or int(config.eval.get('every_epochs', 0) * self.steps_per_epoch)
     while step < self.total_steps:
       if per_epoch and step % self.steps_per_epoch == 0:  # also on resuming at an epoch boundary: it is a function
         state, data_iter = self.start_epoch(state, step // self.steps_per_epoch)  # of the state, so it reruns exactly
-      batch = loader.to_global(next(data_iter), self.mesh)
+      batch = next(data_iter)
+      corrupt_images += int(np.sum(batch.pop('corrupt', 0)))  # host-only: config.data.skip_corrupt_images
+      batch = loader.to_global(batch, self.mesh)
       state, metrics = self.train_step(state, batch)
       step += 1
       if step % config.log_every == 0 or step == self.total_steps:
         metrics = jax.device_get(metrics)
+        if config.data.get('skip_corrupt_images'):  # replaced so far in this run, all processes -> train/corrupt_images
+          metrics['corrupt_images'] = loader.sum_over_processes(corrupt_images)
         if not np.isfinite(metrics['loss']):
           raise FloatingPointError(f'loss is {metrics["loss"]} at step {step}; the last checkpoint in '
                                    f'{manager.directory} is intact')
