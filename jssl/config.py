@@ -55,6 +55,7 @@ def imagenet_data(views, augment) -> ml_collections.ConfigDict:
       'train_ann_file': 'meta/train.txt', 'val_ann_file': 'meta/val.txt', 'tfds_name': 'imagenet2012',
       'train_subset_file': '',  # semi-supervised: SimCLR's 1percent.txt / 10percent.txt (see jssl/data/sources.py)
       'image_size': 224, 'workers': 8, 'views': views, 'augment': augment,
+      'skip_corrupt_images': False,  # True: an unreadable image's record -> the next readable one, warned, counted
       'mean': IMAGENET_MEAN, 'std': IMAGENET_STD,
   })
 
@@ -64,7 +65,7 @@ def digits_data(views, augment, image_size=32) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({
       'name': 'digits', 'root': '', 'train_split': 'train', 'val_split': 'test',
       'train_ann_file': '', 'val_ann_file': '', 'tfds_name': '',
-      'image_size': image_size, 'workers': 0, 'views': views, 'augment': augment,
+      'image_size': image_size, 'workers': 0, 'views': views, 'augment': augment, 'skip_corrupt_images': False,
       'mean': IMAGENET_MEAN, 'std': IMAGENET_STD,
   })
 

@@ -4,8 +4,9 @@
   python -m jssl.main --config=configs/mae.py --workdir=gs://bucket/mae --config.batch_size=512
 
 Re-running on a workdir that holds a checkpoint resumes from it; SIGTERM saves a checkpoint and exits 0 (see
-docs/staying_up.md). Configuration mistakes (unknown field, wrong type, unknown method/backbone, missing data) and a
-workdir in use by another run end with one line on stderr and exit code 2.
+docs/staying_up.md). Configuration mistakes (unknown field, wrong type, unknown method/backbone, missing data), a
+workdir in use by another run and an unreadable image file end with one line on stderr and exit code 2; a NaN/inf
+loss (config.nonfinite='stop') with one line naming the step and exit code 1.
 """
 import os
 import sys
@@ -46,7 +47,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   if not _WORKDIR.value:
     fail('--workdir is required')
-  from jssl.data.sources import DataNotFoundError
+  from jssl.data.sources import CorruptImageError, DataNotFoundError
   from jssl.convert.errors import ConversionError
   from jssl.checkpoint import CheckpointError
   from jssl.train.guard import WorkdirLocked
@@ -81,6 +82,8 @@ def main(argv):
   except FloatingPointError as e:  # config.nonfinite='stop': one line naming the step, exit 1
     print(f'jssl: error: {e}', file=sys.stderr, flush=True)
     sys.exit(1)
+  except CorruptImageError as e:  # also raised in a grain worker: grain re-raises it here, message intact
+    fail(f'{e} (set --config.data.skip_corrupt_images=True to train on with the next readable image instead)')
   except ValueError as e:  # unknown registry names raised while building (backbone kwargs, augment ops, ...)
     if str(e).startswith('config.') or 'valid:' in str(e):
       fail(str(e))

@@ -85,6 +85,15 @@ def restore_iterator(loader, state):
   return iterator
 
 
+def sum_over_processes(count):
+  """A host-local count (e.g. of replaced corrupt images) summed over all JAX processes; every process must call
+  it at the same point of the program."""
+  if jax.process_count() == 1:
+    return int(count)
+  from jax.experimental import multihost_utils
+  return int(np.sum(multihost_utils.process_allgather(np.int32(count))))
+
+
 def to_global(batch, mesh, data_axes=('data', 'fsdp')):
   """Host-local numpy pytree -> global jax.Arrays, batch dim over data_axes.
 

@@ -42,6 +42,10 @@ role 'train' or 'val'. The fields it reads (missing or None -> default):
   val_subset_file likewise for the 'val' role.
   tfds_name       tfds only: the dataset name, e.g. 'imagenet2012'.
   image_size      digits only: output side length (default 32).
+  skip_corrupt_images  False (default): reading an unreadable image file
+                  raises CorruptImageError `cannot read image PATH: REASON`;
+                  True: its record is replaced by the next readable one
+                  (SkipCorruptImages), with a warning naming the file.
 
 A configured location that does not exist raises DataNotFoundError, whose
 one-line message names the path and the config key to fix.
@@ -50,6 +54,7 @@ one-line message names the path and the config key to fix.
 import os
 import pickle
 
+from absl import logging
 import numpy as np
 from PIL import Image
 
@@ -62,6 +67,15 @@ class DataNotFoundError(Exception):
   """The configured data location does not exist (the CLI exits 2 on this)."""
 
 
+class CorruptImageError(ValueError):
+  """An image file that cannot be decoded (truncated, empty, not an image) or is gone: the one-line message is
+  `cannot read image PATH: REASON`. The CLI stops with it (exit 2) unless config.data.skip_corrupt_images."""
+
+
+class MissingImageError(CorruptImageError, FileNotFoundError):
+  """A listed image file that does not exist (any longer)."""
+
+
 def _record(image, label, index):
   return {'image': image, 'label': np.int32(label), 'index': np.int64(index)}
 
@@ -72,15 +86,29 @@ def _check_index(index, length):
     raise IndexError(f'record index {index} out of range [0, {length})')
 
 
-def _read_image(path):
-  """Decodes an image file into uint8 [H, W, 3] RGB."""
+def _read_image(path, where=''):
+  """Decodes an image file into uint8 [H, W, 3] RGB; CorruptImageError naming the file and the reason when it
+  cannot (`where`, e.g. ' (listed in meta/train.txt line 3)', is appended)."""
   try:
     with Image.open(path) as img:
       return np.asarray(img.convert('RGB'), dtype=np.uint8)
   except FileNotFoundError:
-    raise FileNotFoundError(f'image file not found: {path}') from None
-  except (OSError, Image.UnidentifiedImageError) as e:
-    raise ValueError(f'cannot decode image {path}: {e}') from None
+    raise MissingImageError(f'cannot read image {path}: file not found{where}') from None
+  except MemoryError:  # the host's fault, not the file's
+    raise
+  except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ... on damaged files
+    raise CorruptImageError(f'cannot read image {path}: {_read_failure(path, e)}{where}') from None
+
+
+def _read_failure(path, error):
+  """PIL's reason on one line, without the path it sometimes repeats; 'empty file' for 0 bytes."""
+  try:
+    if os.path.getsize(path) == 0:
+      return 'empty file (0 bytes)'
+  except OSError:
+    pass
+  reason = ' '.join(str(error).replace(f"'{path}'", '').replace(path, '').split()) or type(error).__name__
+  return reason.replace('cannot identify image file', 'not an image PIL can identify (unknown format or damaged)')
 
 
 def _to_rgb(image, where):
@@ -270,12 +298,9 @@ class ImageListSource:
 
   def __getitem__(self, index):
     _check_index(index, len(self))
-    path = self.paths[index]
-    if not os.path.isfile(path):
-      raise FileNotFoundError(
-          f'image file not found: {path} (listed in {self.ann_file} line '
-          f'{self.line_numbers[index]})')
-    return _record(_read_image(path), self.labels[index], index)
+    where = f' (listed in {self.ann_file} line {self.line_numbers[index]})'
+    return _record(_read_image(self.paths[index], where), self.labels[index],
+                   index)
 
   def __repr__(self):
     return (f'ImageListSource(root={self.root!r}, ann_file={self.ann_file!r}, '
@@ -373,6 +398,43 @@ class ReorderedSource:
     return f'ReorderedSource({self.source!r}, tag={self.tag!r}, n={len(self)}, sha1={self.digest})'
 
 
+class SkipCorruptImages:
+  """`source` with the record of each unreadable image (CorruptImageError) replaced by the next readable one
+  (index + 1, + 2, ..., wrapping around): deterministic, so every batch keeps its size and a resumed run reads
+  what an uninterrupted one reads. Every record gains 'corrupt': 1 when it stands in for a bad one, else 0 (the
+  training loop pops it and reports the sum as train/corrupt_images). A warning names each bad file once per
+  reading process (each grain worker is one). The repr is the source's, so a run stopped by a bad image resumes
+  from its checkpoint with config.data.skip_corrupt_images turned on."""
+
+  def __init__(self, source):
+    self.source = source
+    self.bad = {}  # index -> error, found by this process; not read again
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitem__(self, index):
+    _check_index(index, len(self))
+    n = len(self.source)
+    for offset in range(n):
+      i = (index + offset) % n
+      if i in self.bad:
+        continue
+      try:
+        record = self.source[i]
+      except CorruptImageError as e:
+        if self.bad.setdefault(i, e) is e:  # atomic: the kNN feature threads share this source
+          logging.warning('%s; records that read it get the next readable image instead '
+                          '(config.data.skip_corrupt_images)', e)
+        continue
+      record['corrupt'] = np.int32(offset > 0)
+      return record
+    raise CorruptImageError(f'no readable image in {self.source!r}; {self.bad[0]}')
+
+  def __repr__(self):
+    return repr(self.source)
+
+
 def _tfds_data_dir(data_dir):
   if data_dir:
     return os.fspath(data_dir)
@@ -452,6 +514,13 @@ def build_source(cfg, split, cfg_path='config.data'):
   `cfg` is `config.data` (dict or ConfigDict; fields in the module docstring);
   `cfg_path` is only used to name config keys in error messages.
   """
+  source = _build_source(cfg, split, cfg_path)
+  if _get(cfg, 'skip_corrupt_images', False):
+    return SkipCorruptImages(source)
+  return source
+
+
+def _build_source(cfg, split, cfg_path):
   if split not in ('train', 'val'):
     raise ValueError(f"build_source split must be 'train' or 'val', got "
                      f'{split!r}')

@@ -51,7 +51,7 @@ def define_data_flags(tool):
   """--data.name (digits | imagefolder | imagelist | cifar10 | cifar100 | tfds | voc2007) and the other fields of
   jssl.data.sources.build_source (--data.root, --data.train_split, ...), as --config.data.* of jssl.main; voc2007
   reads PASCAL VOC 2007 from --data.root (the VOCdevkit/VOC2007 directory)."""
-  data = ml_collections.ConfigDict({'name': 'digits', 'image_size': 32})
+  data = ml_collections.ConfigDict({'name': 'digits', 'image_size': 32, 'skip_corrupt_images': False})
   for key in ('root', 'train_split', 'val_split', 'train_ann_file', 'val_ann_file', 'tfds_name'):
     data[key] = config_dict.placeholder(str)
   for arg in sys.argv[1:]:  # config_flags reads the overrides while defining the flag, and fails with a traceback

@@ -346,13 +346,15 @@ class Trainer:
     step = int(state.step)
     accum = config.optimizer.get('grad_accum_steps', 1)
     start_time, last_time, last_step = time.time(), time.time(), step
-    metrics, nonfinite = None, int(state.nonfinite_steps)
+    metrics, nonfinite, corrupt_images = None, int(state.nonfinite_steps), 0
     classifier = hasattr(self.method, 'predict')  # an evaluator: val accuracy instead of kNN
     eval_every = config.eval.every or int(config.eval.get('every_epochs', 0) * self.steps_per_epoch)
     while step < self.total_steps:
       if per_epoch and step % self.steps_per_epoch == 0:  # also on resuming at an epoch boundary: it is a function
         state, data_iter = self.start_epoch(state, step // self.steps_per_epoch)  # of the state, so it reruns exactly
-      batch = loader.to_global(next(data_iter), self.mesh)
+      batch = next(data_iter)
+      corrupt_images += int(np.sum(batch.pop('corrupt', 0)))  # host-only: config.data.skip_corrupt_images
+      batch = loader.to_global(batch, self.mesh)
       state, metrics = self.train_step(state, batch)
       step += 1
       logging_step = step % config.log_every == 0 or step == self.total_steps
@@ -361,6 +363,8 @@ class Trainer:
         nonfinite = self.check_finite(state, manager, nonfinite)
       if logging_step:
         metrics = {**jax.device_get(metrics), 'nonfinite_steps': nonfinite}
+        if config.data.get('skip_corrupt_images'):  # replaced so far in this run, all processes -> train/corrupt_images
+          metrics['corrupt_images'] = loader.sum_over_processes(corrupt_images)
         now = time.time()
         img_s = (step - last_step) * config.batch_size / (now - last_time)
         lr = float(self.schedule((step - 1) // accum))
@@ -368,6 +372,8 @@ class Trainer:
         last_time, last_step = now, step
         if is_main:
           skipped = f' | skipped {nonfinite} non-finite steps' if nonfinite else ''
+          if metrics.get('corrupt_images'):
+            skipped += f' | {metrics["corrupt_images"]} unreadable images replaced'
           print(f'step {step}/{self.total_steps} | epoch {step / self.steps_per_epoch:.2f} | '
                 f'loss {metrics["loss"]:.4f} | lr {lr:.3g} | {img_s:.1f} img/s | ETA {_hms(eta)}{skipped}', flush=True)
           for k, v in metrics.items():
