@@ -40,18 +40,24 @@ def restore(manager: ocp.CheckpointManager, abstract_state, data_iter=None, step
     items['data_iter'] = grain.PyGrainCheckpointRestore(data_iter)
   if step is not None:
     return manager.restore(step, args=ocp.args.Composite(**items))['state'], step
+  failed = []
   for step in sorted(manager.all_steps(), reverse=True):
     restored, error = _try_restore(manager, step, ocp.args.Composite(**items))
     if jax.process_count() > 1:  # all processes resume from the same step, or the collectives would not match
       from jax.experimental import multihost_utils
-      failed = multihost_utils.process_allgather(np.int32(restored is None))
-      if failed.any() and error is None:
-        error = f'process {int(np.argmax(failed))} could not read it'
+      failed_on = multihost_utils.process_allgather(np.int32(restored is None))
+      if failed_on.any() and error is None:
+        error = f'process {int(np.argmax(failed_on))} could not read it'
     if error is None:
+      for bad_step, bad_error in failed:  # only once an older step restores: see below
+        _set_aside(manager, bad_step, bad_error)
       return restored['state'], step
-    _set_aside(manager, step, error)
-  raise CheckpointError(f'no checkpoint in {manager.directory} could be restored; the unreadable ones are in '
-                        f'{_corrupt_dir(manager)}: run again to start from scratch, or move one back')
+    failed.append((step, error))
+  # Nothing restores: rather a config that does not match the run (another model or optimizer) than every step
+  # corrupt, so nothing is moved; the first error says which
+  step, error = failed[0]
+  raise CheckpointError(f'no checkpoint in {manager.directory} could be restored into this config (step {step}: '
+                        f'{error}); a run resumes only with the config it was started with; nothing was moved')
 
 
 def _try_restore(manager, step, args):
@@ -76,8 +82,8 @@ def _set_aside(manager, step, error):
     if not dest.exists():
       break
     dest = dest.parent / f'{step}.{i}'
-  print(f'jssl: warning: checkpoint {src} could not be restored ({error}); moved to {dest}, restoring the step '
-        f'before it', file=sys.stderr, flush=True)
+  print(f'jssl: warning: checkpoint {src} could not be restored ({error}); moved to {dest}, an older step '
+        f'restored', file=sys.stderr, flush=True)
   if jax.process_index() == 0:
     dest.parent.mkdir(parents=True, exist_ok=True)
     src.rename(dest)

@@ -169,11 +169,18 @@ def test_unreadable_steps_are_set_aside_until_one_restores(tmp_path, capsys):
   checkpoint.save(manager, 2, {'w': jnp.full((100,), 2.)})
   state, step = checkpoint.restore(manager, abstract)
   assert step == 2 and float(state['w'][0]) == 2.
+  # a config that does not match the run (here another shape): every step fails, so none is moved
+  with pytest.raises(checkpoint.CheckpointError, match=f'no checkpoint in {tmp_path / "checkpoints"} could be '
+                     r'restored into this config \(step 2: .*nothing was moved'):
+    checkpoint.restore(manager, {'w': jnp.zeros((50,))})
+  assert steps_in(tmp_path) == [1, 2]
   (tmp_path / 'checkpoints' / '2' / 'state' / 'manifest.ocdbt').unlink()  # the same step going bad twice
+  state, step = checkpoint.restore(manager, abstract)
+  assert step == 1 and sorted(os.listdir(tmp_path / 'checkpoints_corrupt')) == ['2', '2.1', '3']
   (tmp_path / 'checkpoints' / '1' / 'state' / 'manifest.ocdbt').unlink()
-  with pytest.raises(checkpoint.CheckpointError, match=f'no checkpoint in {tmp_path / "checkpoints"} could be'):
+  with pytest.raises(checkpoint.CheckpointError, match='nothing was moved'):
     checkpoint.restore(manager, abstract)
-  assert sorted(os.listdir(tmp_path / 'checkpoints_corrupt')) == ['1', '2', '2.1', '3']
+  assert steps_in(tmp_path) == [1]  # the only one, unreadable: left for the user to look at
   manager.close()
 
 
