@@ -383,6 +383,7 @@ class Trainer:
       if saving_step:
         checkpoint.save(manager, step, state, data_iter)
       if stop(step) and step < self.total_steps:  # SIGTERM: the same step on every process (see train/guard.py)
+        nonfinite = self.check_finite(state, manager, nonfinite)
         if manager.latest_step() != step:
           checkpoint.save(manager, step, state, data_iter, force=True)
         manager.wait_until_finished()
