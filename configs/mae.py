@@ -5,6 +5,11 @@ decoder 8 blocks x 512 wide, 16 heads; normalized-pixel loss; one 224 crop (scal
 
 Variants: `configs/mae.py` (ImageNet, ViT-B/16), `:vit_l`, `:vit_h` (ViT-L/16, ViT-H/14 encoders),
 `:demo` (embedded digits, a small ViT, CPU minutes).
+
+`:vit_l` and `:vit_h` follow mmpretrain's `mae_vit-large-p16_8xb512-amp-coslr-400e_in1k` and
+`mae_vit-huge-p14_8xb512-amp-coslr-1600e_in1k` (same batch, optimizer and schedule as ViT-B, mixed precision, ViT-H
+for 1600 epochs) and are set up to fit 512 images per 16 GiB chip (docs/scale_out.md): bf16 compute, parameters and
+AdamW state sharded over every device (`mesh.fsdp=-1`, any device count) and rematerialized blocks.
 """
 from jssl.config import base_config, demo_run, digits_data, imagenet_data
 
@@ -36,11 +41,17 @@ def get_config(arg=None):
                          augment=[])
   c.eval.interpolation = 'bicubic'
 
+  if arg in ('vit_l', 'vit_h'):
+    c.dtype = 'bfloat16'  # the recipes' "amp"
+    c.remat = True
+    c.param_sharding = 'fsdp'
+    c.mesh.update({'data': 1, 'fsdp': -1})
   if arg == 'vit_l':
     c.backbone.name = 'vit_large'
   elif arg == 'vit_h':
     c.backbone.name = 'vit_huge'
     c.backbone.kwargs.patch_size = 14
+    c.epochs = 1600
   elif arg == 'demo':
     size = 32
     c.data = digits_data(views=[dict(size=size, scale=(0.5, 1.0), interpolation='bicubic', flip_prob=0.0)],

@@ -5,9 +5,12 @@ backbone's forward + backward.
   python -m jssl.bench --config=configs/mae.py --config.batch_size=8 --steps=3
   python -m jssl.bench --backbone=resnet50 --image_size=224 --batch_size=8 [--dtype=bfloat16]
   python -m jssl.bench --kmeans=100000,2048,256,1000      # DeepCluster's clustering: N, D in, PCA dim, k
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m jssl.bench --config=configs/mae.py:vit_l --memory_only
 
 Prints compile time, ms/step, img/s, FLOPs per step (XLA cost analysis), achieved TFLOP/s and MFU when the
 device's peak is known, and memory (XLA's compiled memory analysis; the allocator's peak on GPU/TPU).
+`--memory_only` compiles the config's train step for abstract inputs and runs nothing: the memory one device
+needs (arguments = state + batch shard, temporaries) for any mesh, e.g. a pod's on 8 simulated CPU devices.
 """
 import json
 import sys
@@ -34,6 +37,11 @@ _KMEANS = flags.DEFINE_string(
     'devices, PCA-whitened to D, one Lloyd iteration of k-means with K clusters (timed after a warm-up); prints '
     'the time of each part and extrapolates DeepCluster\'s ImageNet case (1,281,167 x 256, k=10,000, 20 '
     'iterations) by N * K * D.')
+_MEMORY_ONLY = flags.DEFINE_boolean(
+    'memory_only', False, 'Compile the train step for abstract inputs (no step run, no state allocated) and print '
+    'XLA\'s memory analysis per device. On CPU the concurrency-optimized scheduler is turned off first '
+    '(--xla_cpu_enable_concurrency_optimized_scheduler=false unless XLA_FLAGS sets it): it keeps rematerialized '
+    'activations alive, so remat would show no saving (docs/scale_out.md).')
 _NUM_RECORDS = flags.DEFINE_integer(
     'num_records', None, 'Training-set size the method is built for (memory banks such as NPID\'s and InterCLR\'s '
     'hold a row per image; epoch-based schedules). Default: the embedded dataset\'s size for data.name=digits, '
@@ -82,6 +90,43 @@ def benchmark(config, steps=5, num_records=None):
   head = {'config_method': config.method, 'backbone': config.backbone.name, 'batch_size': config.batch_size,
           'dtype': config.dtype, 'num_records': num_records}
   return time_step(trainer.train_step, state, batch, config.batch_size, steps, head)
+
+
+def memory_analysis(config, num_records=None):
+  """XLA's per-device memory for the config's train step, compiled for abstract inputs only."""
+  from jssl.train.loop import Trainer, example_batch
+  num_records = default_num_records(config) if num_records is None else num_records
+  trainer = Trainer(config, workdir=None, num_records=num_records)
+  batch = {**example_batch(config), 'index': jax.ShapeDtypeStruct((config.batch_size,), jnp.int32),
+           'label': jax.ShapeDtypeStruct((config.batch_size,), jnp.int32)}
+  batch = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=trainer.batch_sharding), batch)
+  t0 = time.perf_counter()
+  mem = trainer.train_step.lower(trainer.abstract_state, batch).compile().memory_analysis()
+  compile_s = time.perf_counter() - t0
+  n = trainer.mesh.size
+  # the state's bytes per device from its shardings: what FSDP divides
+  state_bytes = sum(int(np.prod(s.shard_shape(a.shape))) * a.dtype.itemsize
+                    for a, s in zip(jax.tree.leaves(trainer.abstract_state), jax.tree.leaves(trainer.state_sharding)))
+  mb = lambda b: round(b / 2**20, 1)
+  # donated state: outputs alias arguments, so the peak is arguments + unaliased outputs + temporaries
+  peak = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes
+  return {'config_method': config.method, 'backbone': config.backbone.name, 'batch_size': config.batch_size,
+          'batch_per_device': config.batch_size / n, 'mesh': dict(trainer.mesh.shape),
+          'param_sharding': config.param_sharding, 'remat': config.remat, 'dtype': config.dtype,
+          'devices': n, 'device_kind': jax.devices()[0].device_kind, 'compile_s': round(compile_s, 1),
+          'state_mb_per_device': mb(state_bytes), 'arguments_mb': mb(mem.argument_size_in_bytes),
+          'outputs_mb': mb(mem.output_size_in_bytes), 'aliased_mb': mb(mem.alias_size_in_bytes),
+          'temporaries_mb': mb(mem.temp_size_in_bytes), 'peak_estimate_mb': mb(peak),
+          'peak_estimate_gib': round(peak / 2**30, 2)}
+
+
+def cpu_memory_scheduler():
+  """Before the backend starts: XLA:CPU's default concurrency-optimized scheduler keeps rematerialized
+  activations alive (remat then saves nothing); memory figures should come from the memory-minimizing one."""
+  import os
+  flags_env = os.environ.get('XLA_FLAGS', '')
+  if 'xla_cpu_enable_concurrency_optimized_scheduler' not in flags_env:
+    os.environ['XLA_FLAGS'] = (flags_env + ' --xla_cpu_enable_concurrency_optimized_scheduler=false').strip()
 
 
 def benchmark_backbone(name, image_size, batch_size, dtype, steps=5):
@@ -222,7 +267,11 @@ def main(argv):
       fail(str(e))
     if _NUM_RECORDS.value is not None and _NUM_RECORDS.value <= 0:
       fail(f'--num_records must be positive, got {_NUM_RECORDS.value}')
-    result = benchmark(config, _STEPS.value, _NUM_RECORDS.value)
+    if _MEMORY_ONLY.value:
+      cpu_memory_scheduler()
+      result = memory_analysis(config, _NUM_RECORDS.value)
+    else:
+      result = benchmark(config, _STEPS.value, _NUM_RECORDS.value)
   for k, v in result.items():
     print(f'{k:28s} {v}')
   if _JSON.value:

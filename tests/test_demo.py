@@ -84,6 +84,20 @@ def test_bench_reports_figures(tmp_path):
 
 
 @pytest.mark.slow
+def test_bench_memory_only(tmp_path):
+  out = tmp_path / 'memory.json'
+  run_python(['-m', 'jssl.bench', '--config=configs/mae.py:demo', '--config.batch_size=8',
+              '--config.backbone.kwargs.depth=1', '--config.param_sharding=fsdp', '--config.mesh.data=1',
+              '--config.mesh.fsdp=-1', '--memory_only', f'--json={out}'], devices=2)
+  result = json.loads(out.read_text())
+  assert result['mesh'] == {'data': 1, 'fsdp': 2} and result['batch_per_device'] == 4
+  assert 'ms_per_step' not in result  # compiled, not run
+  # the donated state comes back as the outputs; the arguments add the batch shard
+  assert result['arguments_mb'] >= result['state_mb_per_device'] == result['aliased_mb'] > 0
+  assert result['temporaries_mb'] > 0 and result['peak_estimate_mb'] > result['arguments_mb']
+
+
+@pytest.mark.slow
 def test_bench_times_the_clustering(tmp_path):
   out = tmp_path / 'kmeans.json'
   run_python(['-m', 'jssl.bench', '--kmeans=1000,32,16,10', f'--json={out}'])
