@@ -76,7 +76,7 @@ def assert_resume_exact(tmp_path, config_path, overrides, kill_at=(15,)):
     np.testing.assert_array_equal(x, y)
 
 
-@pytest.mark.heavy  # the MoCo v2 test below runs this same case (batch 64, 30 steps) with a queue and an EMA encoder too
+@pytest.mark.heavy  # the MoCo v2 test below runs this case (batch 64, 30 steps) with a queue and an EMA encoder too
 def test_killed_run_resumes_to_identical_params(tmp_path):
   # batch 64: 22 steps per epoch of digits, so the 30-step run crosses an epoch boundary
   assert_resume_exact(tmp_path, 'configs/simclr.py:demo', {
