@@ -334,7 +334,8 @@ class Trainer:
     if manager.latest_step() is not None:
       state, step = checkpoint.restore(manager, self.abstract_state, data_iter)
       logging.info('resumed from %s at step %d', manager.directory, step)
-      print(f'resumed from step {step} ({manager.directory})', flush=True)
+      if is_main:
+        print(f'resumed from step {step} ({manager.directory})', flush=True)
       if per_epoch and step % self.steps_per_epoch and step < self.total_steps:
         data_iter = iter(self.make_loader(step // self.steps_per_epoch, state.method_state))
         checkpoint.restore_data_iter(manager, step, data_iter)

@@ -143,7 +143,7 @@ def test_deepcluster_resumes_exactly_mid_epoch(tmp_path):
   # epoch 1 is not rerun) and the loader continues the plan at its position.
   assert_resume_exact(tmp_path, 'configs/deepcluster.py:demo',
                       {**SMALL, 'data.views.0.size': 16, 'data.image_size': 16, 'eval.resize': 16, 'eval.crop': 16,
-                       'batch_size': 119, 'total_steps': 30}, kill_after=19)
+                       'batch_size': 119, 'total_steps': 30}, kill_at=(19,))
 
 
 @pytest.mark.slow

@@ -218,7 +218,7 @@ def test_killed_run_resumes_to_identical_params(tmp_path):
   # 10 steps, killed after 6, resumed from the step-4 checkpoint (after the 3-step lambda warmup; the queues of 256
   # wrap every 4 steps). A 30-step run killed after 15 once failed to resume bitwise, intermittently (docs: Open).
   assert_resume_exact(tmp_path, 'configs/densecl.py:demo', {**SMALL, 'batch_size': 64, 'total_steps': 10,
-                                                            'model.loss_lambda_warmup': 3}, kill_after=6)
+                                                            'model.loss_lambda_warmup': 3}, kill_at=(6,))
 
 
 @pytest.mark.slow

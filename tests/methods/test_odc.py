@@ -191,7 +191,7 @@ def test_odc_eight_devices_match_one_device():
 @pytest.mark.heavy  # DeepCluster's resume test covers the per-epoch plan, NPID's the memory bank
 def test_odc_resumes_exactly(tmp_path):
   assert_resume_exact(tmp_path, 'configs/odc.py:demo', {**SMALL_16PX, 'batch_size': 119, 'total_steps': 30},
-                      kill_after=19)
+                      kill_at=(19,))
 
 
 @pytest.mark.slow
