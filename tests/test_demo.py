@@ -27,7 +27,8 @@ def check_demo(tmp_path, config, extra_args=()):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('config', ['configs/simclr.py:demo', 'configs/barlowtwins.py:demo'])
+@pytest.mark.parametrize('config', ['configs/simclr.py:demo', pytest.param(
+    'configs/barlowtwins.py:demo', marks=pytest.mark.heavy)])  # heavy: a second ResNet demo, SimCLR's covers the CLI
 def test_demo_writes_everything(tmp_path, config):
   results = check_demo(tmp_path, config)
   if config.startswith('configs/simclr.py'):  # --mode=eval: kNN of the latest checkpoint at MMSelfSup's four ks

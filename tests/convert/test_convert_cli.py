@@ -371,7 +371,7 @@ def test_source_that_is_not_a_workdir_or_file(tmp_path):
 
 
 # --- a real run -------------------------------------------------------------------------------------------------
-@pytest.mark.slow
+@pytest.mark.heavy  # in CI a workdir's export is covered by test_mae_workdir_exports_timm_names_that_timm_loads_strict
 def test_workdir_of_a_real_run_exports_to_torchvision(tmp_path):
   workdir = tmp_path / 'run'
   run_python(['-m', 'jssl.main', '--config=configs/simclr.py:demo', f'--workdir={workdir}',

@@ -290,7 +290,7 @@ def test_bad_format_and_v1d_outside_mmpretrain():
                      {'name': 'resnet18_v1d'})
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # the key map is checked in CI on small ResNets; full-size ViT-B stays in CI (test_vit_convert)
 def test_full_size_resnet50_torchvision():
   name = 'resnet50'
   model = build_backbone(name)

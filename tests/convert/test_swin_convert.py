@@ -180,7 +180,7 @@ def test_mmpretrain_absolute_pos_embed():
     to_torch(variables, 'timm', ARCH)
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # the key map is checked in CI on small Swins; full-size ViT-B stays in CI (test_vit_convert)
 def test_full_size_swin_tiny_timm():
   torch_model = timm.create_model('swin_tiny_patch4_window7_224',
                                   pretrained=False, num_classes=0).eval()

@@ -154,7 +154,8 @@ RUN = ['-m', 'jssl.main', '--config=configs/mocov3.py:demo', '--config.data.name
 
 
 @pytest.mark.slow  # ~25 s on a busy 2-core machine: the Trainer is built before the first batch is read
-@pytest.mark.parametrize('workers', [0, 1])  # 1: the error crosses grain's worker process
+@pytest.mark.parametrize('workers', [pytest.param(0, marks=pytest.mark.heavy), 1])  # 1: the error crosses grain's
+# worker process (heavy: 0 workers, the same error without that crossing)
 def test_cli_stops_with_one_line_naming_the_file(tmp_path, workers):
   _write_bad(str(tmp_path / 'data' / 'train'))  # only bad files: the first batch fails, before the train step compiles
   proc = run_python(RUN + [f'--config.data.root={tmp_path / "data"}', f'--workdir={tmp_path / "work"}',

@@ -97,7 +97,7 @@ def test_linear_probe_bad_inputs(tmp_path):
     assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], (extra, proc.stderr[-2000:])
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # the loop's 8-device/FSDP step stays in CI: tests/train/test_sharding.py (SimCLR, MAE, ...)
 def test_multihead_probe_eight_devices_and_fsdp_match_one_device():
   """The heads' BatchNorm statistics are over the global batch: 1 device = 2 x 4 data x fsdp mesh."""
   from tests.train.test_sharding import assert_devices_match

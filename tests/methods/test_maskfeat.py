@@ -188,7 +188,7 @@ def test_killed_run_resumes_exactly(tmp_path):  # the MIM resume check in CI: bl
       'model.hog_pool': 2, 'model.hog_window': 8, 'model.num_masking_patches': 6, 'model.min_num_patches': 2, 'batch_size': 64, 'total_steps': 30})
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # the CLI end to end stays in CI for SimCLR and MAE (tests/test_demo.py) and DeepCluster
 def test_demo(tmp_path):
   from tests.test_demo import check_demo
   check_demo(tmp_path, 'configs/maskfeat.py:demo')

@@ -241,7 +241,7 @@ def test_killed_run_resumes_to_identical_params(tmp_path):
       'model.epoch_queue_starts': 0, 'model.freeze_prototypes_iters': 20, 'batch_size': 64, 'total_steps': 24})
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # the CLI end to end stays in CI for SimCLR and MAE (tests/test_demo.py) and DeepCluster
 def test_demo(tmp_path):
   check_demo(tmp_path, 'configs/swav.py:demo')
 

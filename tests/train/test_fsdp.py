@@ -60,7 +60,8 @@ def state_bytes_per_device(leaves, fsdp):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('method', ['mae', 'simclr'])  # a ViT and a ResNet
+@pytest.mark.parametrize('method', ['mae', pytest.param('simclr', marks=pytest.mark.heavy)])  # a ViT and a ResNet
+# (heavy: the ResNet; the rule is the same code, and its FSDP step is checked in CI by test_sharding.py)
 def test_fsdp_divides_state_memory_per_device(method):
   config_path, overrides = CASES[method]
   # the demos' widths, so that large leaves hold most of the state as in real models

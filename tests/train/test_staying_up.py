@@ -184,7 +184,7 @@ def test_unreadable_steps_are_set_aside_until_one_restores(tmp_path, capsys):
   manager.close()
 
 
-@pytest.mark.slow  # two runs of the demo: 1.3-2 min on 2 shared CPU cores
+@pytest.mark.heavy  # two runs of the demo; in CI test_unreadable_steps_are_set_aside_until_one_restores provokes the same
 def test_truncated_latest_checkpoint_is_set_aside_and_the_previous_restored(tmp_path, capsys):
   args = main_args(tmp_path, '--config.total_steps=12', '--config.checkpoint.every=4')
   run_python(args)
