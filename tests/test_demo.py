@@ -72,7 +72,7 @@ def test_mae_demo_and_its_reconstruction_picture(tmp_path):
   assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].endswith('missing.png: no such image file')
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # the bench's compile path stays in CI: test_bench_memory_only
 def test_bench_reports_figures(tmp_path):
   out = tmp_path / 'bench.json'
   # NPID: the synthetic batch must carry dataset indices for its memory bank

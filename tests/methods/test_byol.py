@@ -193,6 +193,6 @@ def test_byol_killed_run_resumes_to_identical_params_and_target(tmp_path):
   assert_resume_exact(tmp_path, 'configs/byol.py:demo', {**SMALL, 'batch_size': 64, 'total_steps': 30})
 
 
-@pytest.mark.heavy  # the CLI end to end stays in CI for SimCLR and MAE (tests/test_demo.py) and DeepCluster
+@pytest.mark.heavy  # the CLI end to end stays in CI for SimCLR and MAE (tests/test_demo.py)
 def test_byol_demo(tmp_path):
   check_demo(tmp_path, 'configs/byol.py:demo')

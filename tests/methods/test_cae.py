@@ -214,7 +214,7 @@ def test_killed_run_resumes_exactly(tmp_path):
   assert_resume_exact(tmp_path, 'configs/cae.py:demo', {**SMALL, 'batch_size': 64, 'total_steps': 30})
 
 
-@pytest.mark.heavy  # the CLI end to end stays in CI for SimCLR and MAE (tests/test_demo.py) and DeepCluster
+@pytest.mark.heavy  # the CLI end to end stays in CI for SimCLR and MAE (tests/test_demo.py)
 def test_demo(tmp_path):
   from tests.test_demo import check_demo
   check_demo(tmp_path, 'configs/cae.py:demo')

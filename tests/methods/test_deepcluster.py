@@ -146,6 +146,7 @@ def test_deepcluster_resumes_exactly_mid_epoch(tmp_path):
                        'batch_size': 119, 'total_steps': 30}, kill_at=(19,))
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # the CLI end to end stays in CI for SimCLR and MAE (tests/test_demo.py); DeepCluster's epoch
+# loop runs in CI in test_deepcluster_resumes_exactly_mid_epoch
 def test_deepcluster_demo(tmp_path):
   check_demo(tmp_path, 'configs/deepcluster.py:demo')

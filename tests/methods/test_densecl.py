@@ -221,7 +221,7 @@ def test_killed_run_resumes_to_identical_params(tmp_path):
                                                             'model.loss_lambda_warmup': 3}, kill_at=(6,))
 
 
-@pytest.mark.heavy  # the CLI end to end stays in CI for SimCLR and MAE (tests/test_demo.py) and DeepCluster
+@pytest.mark.heavy  # the CLI end to end stays in CI for SimCLR and MAE (tests/test_demo.py)
 def test_demo_writes_everything(tmp_path):
   from tests.test_demo import check_demo
   check_demo(tmp_path, 'configs/densecl.py:demo')

@@ -173,6 +173,6 @@ def test_interclr_resumes_exactly(tmp_path):
   assert_resume_exact(tmp_path, 'configs/interclr.py:demo', {**SMALL, 'batch_size': 64, 'total_steps': 30})
 
 
-@pytest.mark.heavy  # the CLI end to end stays in CI for SimCLR and MAE (tests/test_demo.py) and DeepCluster
+@pytest.mark.heavy  # the CLI end to end stays in CI for SimCLR and MAE (tests/test_demo.py)
 def test_interclr_demo(tmp_path):
   check_demo(tmp_path, 'configs/interclr.py:demo')

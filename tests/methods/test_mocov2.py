@@ -176,7 +176,7 @@ def test_eight_devices_match_one_device(config):
   assert_devices_match(config, SMALL)
 
 
-@pytest.mark.heavy  # the CLI end to end stays in CI for SimCLR and MAE (tests/test_demo.py) and DeepCluster
+@pytest.mark.heavy  # the CLI end to end stays in CI for SimCLR and MAE (tests/test_demo.py)
 @pytest.mark.parametrize('config', ['configs/mocov2.py:demo', 'configs/mocov1.py:demo'])
 def test_demo(tmp_path, config):
   from tests.test_demo import check_demo

@@ -240,7 +240,7 @@ SMALL = {'backbone.kwargs.embed_dim': 32, 'backbone.kwargs.depth': 2, 'backbone.
          'model.neck_hid_channels': 128, 'model.neck_out_channels': 16, 'model.pred_hid_channels': 32}
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # EMA targets on 8 devices / FSDP stay in CI through MoCo v2's test
 def test_eight_devices_and_fsdp_match_one_device():
   from tests.train.test_sharding import assert_devices_match
   # The keys' bias in attention and the final norm's bias get an exactly-zero gradient (softmax and the projector's
@@ -257,7 +257,7 @@ def test_killed_run_resumes_exactly(tmp_path):
   assert_resume_exact(tmp_path, 'configs/mocov3.py:demo', {**SMALL, 'batch_size': 64, 'total_steps': 30})
 
 
-@pytest.mark.heavy  # the CLI end to end stays in CI for SimCLR and MAE (tests/test_demo.py) and DeepCluster
+@pytest.mark.heavy  # the CLI end to end stays in CI for SimCLR and MAE (tests/test_demo.py)
 def test_demo(tmp_path):
   from tests.test_demo import check_demo
   check_demo(tmp_path, 'configs/mocov3.py:demo')

@@ -194,6 +194,6 @@ def test_odc_resumes_exactly(tmp_path):
                       kill_at=(19,))
 
 
-@pytest.mark.heavy  # the CLI end to end stays in CI for SimCLR and MAE (tests/test_demo.py) and DeepCluster
+@pytest.mark.heavy  # the CLI end to end stays in CI for SimCLR and MAE (tests/test_demo.py)
 def test_odc_demo(tmp_path):
   check_demo(tmp_path, 'configs/odc.py:demo')

@@ -162,6 +162,6 @@ def test_eight_devices_match_one_device():
   assert_devices_match('configs/relative_loc.py:demo', SMALL)
 
 
-@pytest.mark.heavy  # the CLI end to end stays in CI for SimCLR and MAE (tests/test_demo.py) and DeepCluster
+@pytest.mark.heavy  # the CLI end to end stays in CI for SimCLR and MAE (tests/test_demo.py)
 def test_demo(tmp_path):
   check_demo(tmp_path, 'configs/relative_loc.py:demo')

@@ -104,6 +104,6 @@ def test_eight_devices_match_one_device():
   assert_devices_match('configs/rotation_pred.py:demo', {**SMALL, 'data.views.0.size': 16})
 
 
-@pytest.mark.heavy  # the CLI end to end stays in CI for SimCLR and MAE (tests/test_demo.py) and DeepCluster
+@pytest.mark.heavy  # the CLI end to end stays in CI for SimCLR and MAE (tests/test_demo.py)
 def test_demo(tmp_path):
   check_demo(tmp_path, 'configs/rotation_pred.py:demo')

@@ -142,6 +142,6 @@ def test_simsiam_killed_run_resumes_to_identical_params(tmp_path):
   assert_resume_exact(tmp_path, 'configs/simsiam.py:demo', {**SMALL, 'batch_size': 64, 'total_steps': 30})
 
 
-@pytest.mark.heavy  # the CLI end to end stays in CI for SimCLR and MAE (tests/test_demo.py) and DeepCluster
+@pytest.mark.heavy  # the CLI end to end stays in CI for SimCLR and MAE (tests/test_demo.py)
 def test_simsiam_demo(tmp_path):
   check_demo(tmp_path, 'configs/simsiam.py:demo')
