@@ -123,6 +123,7 @@ print('RESULT' + json.dumps([temp, params]))
 """
 
 
+@pytest.mark.slow  # 23 s: one 8-device compile
 def test_remat_fsdp_step_holds_one_block_at_a_time():
   """MAE's FSDP train step with remat, 16 images on each of 8 simulated devices: XLA's temporaries per device
   are about one block's activations per image (plus every block's saved input), not every block's. Before
