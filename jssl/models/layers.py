@@ -230,9 +230,6 @@ def sobel(images):
                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
-
-
-
 def _after(tree, *deps):
   """`tree`'s floating-point leaves made to depend on `deps` at no numerical cost: leaf + 0 * sum(deps)
   (XLA does not fold a float `0 * s`, which is NaN for a non-finite s)."""
@@ -243,12 +240,12 @@ def _after(tree, *deps):
 def remat_call(block, x, *args):
   """`block(x, *args)` rematerialized: only the block's input (and its params) are kept for the backward pass,
   which recomputes the block's activations. `args` are static (e.g. `train`). Params and RNG streams are those
-  of `block(x, *args)`, so turning remat on changes no name and no value.
+  of `block(x, *args)`: turning remat on changes no name, and values only by float rounding.
 
   `nn.remat` alone leaves the order of the backward pass to XLA's scheduler, and XLA:CPU's (which also strips
   the optimization barriers JAX adds) recomputed every block first and deferred every weight gradient to the end
   of the backward pass: all the blocks' activations were alive at once (MAE ViT-L: ~110 MB per image,
-  docs/scale_out.md). Two data dependencies of no numerical effect fix the order on any backend: the recompute
+  docs/benchmarks.md#scale-out). Two data dependencies of no numerical effect fix the order on any backend: the recompute
   of a block reads its saved input only after the cotangent of its output exists, and the cotangent passed to
   the block below exists only after this block's weight gradients do. So one block's activations are alive at
   a time, and under FSDP each block's weights are gathered where it runs (forward, then recompute).
