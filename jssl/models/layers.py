@@ -245,9 +245,9 @@ def remat_call(block, x, *args):
   `nn.remat` alone leaves the order of the backward pass to XLA's scheduler, and XLA:CPU's (which also strips
   the optimization barriers JAX adds) recomputed every block first and deferred every weight gradient to the end
   of the backward pass: all the blocks' activations were alive at once (MAE ViT-L: ~110 MB per image,
-  docs/benchmarks.md#scale-out). Two data dependencies of no numerical effect fix the order on any backend: the recompute
-  of a block reads its saved input only after the cotangent of its output exists, and the cotangent passed to
-  the block below exists only after this block's weight gradients do. So one block's activations are alive at
+  docs/benchmarks.md#scale-out). Two data dependencies of no numerical effect fix the order on any backend: the
+  recompute of a block reads its saved input only after the cotangent of its output exists, and the cotangent
+  passed to the block below exists only after this block's weight gradients do. So one block's activations are alive at
   a time, and under FSDP each block's weights are gathered where it runs (forward, then recompute).
   """
   f = nn.remat(lambda mdl, x: mdl(x, *args))

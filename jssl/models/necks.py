@@ -332,8 +332,8 @@ class CAENeck(nn.Module):
     latent_pred = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='norm_regressor')(x)
     x = latent_pred + pos_masked
     for i in range(self.decoder_depth):
-      block = layers.Block(self.num_heads, self.mlp_ratio, qkv_bias='qv', layer_scale_init=self.layer_scale_init or None,
-                           dtype=self.dtype, name=f'decoders_{i}')
+      block = layers.Block(self.num_heads, self.mlp_ratio, qkv_bias='qv',
+                           layer_scale_init=self.layer_scale_init or None, dtype=self.dtype, name=f'decoders_{i}')
       x = layers.remat_call(block, x, train) if self.remat else block(x, train)
     x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='norm_decoder')(x)
     logits = nn.Dense(self.num_classes, kernel_init=nn.initializers.truncated_normal(0.02), dtype=self.dtype,
