@@ -29,6 +29,7 @@ def get_config(arg=None):
   c.model.decoder_embed_dim = 512
   c.model.decoder_depth = 8
   c.model.decoder_num_heads = 16
+  c.model.decoder_attention_head_chunks = 1  # decoder heads attended at a time: 16 / this (memory, same values)
   c.model.feature = 'cls'           # features for kNN / extraction: 'cls' token or 'mean' of patch tokens
   c.optimizer.name = 'adamw'
   c.optimizer.lr = 1.5e-4 * 4096 / 256
@@ -53,6 +54,7 @@ def get_config(arg=None):
     c.backbone.name = 'vit_huge'
     c.backbone.kwargs.patch_size = 14
     c.epochs = 1600
+    c.model.decoder_attention_head_chunks = 4  # its decoder's 257 tokens: float32 attention arrays of 4.2 MB per image
   elif arg == 'demo':
     size = 32
     c.data = digits_data(views=[dict(size=size, scale=(0.5, 1.0), interpolation='bicubic', flip_prob=0.0)],

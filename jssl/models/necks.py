@@ -59,6 +59,7 @@ class MAEDecoder(nn.Module):
   mlp_ratio: float = 4.0
   dtype: Any = jnp.float32
   remat: bool = False
+  attention_head_chunks: int = 1  # heads attended at a time: decoder_num_heads / this (layers.attention_in_chunks)
 
   @nn.compact
   def __call__(self, x, ids_restore, train: bool = False):
@@ -77,7 +78,7 @@ class MAEDecoder(nn.Module):
     x = x + jnp.asarray(pos, x.dtype)[None]
     for i in range(self.decoder_depth):
       block = layers.Block(num_heads=self.decoder_num_heads, mlp_ratio=self.mlp_ratio, dtype=self.dtype,
-                           name=f'decoder_blocks_{i}')
+                           attention_head_chunks=self.attention_head_chunks, name=f'decoder_blocks_{i}')
       x = layers.remat_call(block, x, train) if self.remat else block(x, train)
     x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='decoder_norm')(x)
     x = nn.Dense(self.patch_size ** 2 * self.in_chans, dtype=self.dtype,
