@@ -9,8 +9,8 @@ Variants: `configs/mae.py` (ImageNet, ViT-B/16), `:vit_l`, `:vit_h` (ViT-L/16, V
 `:vit_l` and `:vit_h` follow mmpretrain's `mae_vit-large-p16_8xb512-amp-coslr-400e_in1k` and
 `mae_vit-huge-p14_8xb512-amp-coslr-1600e_in1k` (same batch, optimizer and schedule as ViT-B, mixed precision, ViT-H
 for 1600 epochs) with bf16 compute, parameters and AdamW state sharded over every device (`mesh.fsdp=-1`, any device
-count) and rematerialized blocks. ViT-L fits the recipe's 512 images per 16 GiB chip; ViT-H needs two micro-steps of
-256 (`--config.batch_size=2048 --config.optimizer.grad_accum_steps=2`; docs/scale_out.md).
+count) and rematerialized blocks; ViT-H's decoder attends 4 of its 16 heads at a time. Both fit the recipe's 512
+images per 16 GiB chip (12.8 and 12.9 GiB on XLA:CPU's figures, docs/scale_out.md).
 """
 from jssl.config import base_config, demo_run, digits_data, imagenet_data
 

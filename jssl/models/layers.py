@@ -174,8 +174,8 @@ class Attention(nn.Module):
       bias = bias.transpose(2, 0, 1)[None].astype(q.dtype)
     if self.head_chunks > 1:
       if self.num_heads % self.head_chunks or bias is not None:
-        raise ValueError(f'Attention: head_chunks={self.head_chunks} needs num_heads ({self.num_heads}) divisible by it '
-                         'and no relative position bias')
+        raise ValueError(f'Attention: head_chunks={self.head_chunks} needs num_heads ({self.num_heads}) divisible '
+                         'by it and no relative position bias')
       x = attention_in_chunks(q, k, v, self.head_chunks)
     else:
       x = jax.nn.dot_product_attention(q, k, v, bias=bias)  # [B, T, N, H]
