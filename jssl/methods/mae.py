@@ -62,11 +62,16 @@ class Method:
     self.patch_size = config.backbone.kwargs.patch_size
     image_size = config.data.views[0]['size']
     self.num_patches = (image_size // self.patch_size) ** 2
+    chunks = m.get('decoder_attention_head_chunks', 1)
+    if chunks < 1 or m.decoder_num_heads % chunks:
+      raise ValueError(f'config.model.decoder_attention_head_chunks={chunks} must divide '
+                       f'config.model.decoder_num_heads={m.decoder_num_heads}')
     kwargs = {'remat': config.get('remat', False), **config.backbone.get('kwargs', {})}
     encoder = build_backbone(config.backbone.name, dtype=dtype, **kwargs)
     decoder = MAEDecoder(num_patches=self.num_patches, patch_size=self.patch_size,
                          decoder_embed_dim=m.decoder_embed_dim, decoder_depth=m.decoder_depth,
-                         decoder_num_heads=m.decoder_num_heads, dtype=dtype, remat=config.get('remat', False))
+                         decoder_num_heads=m.decoder_num_heads, dtype=dtype, remat=config.get('remat', False),
+                         attention_head_chunks=chunks)
     self.net = MAENet(backbone=encoder, neck=decoder, feature=m.get('feature', 'cls'))
 
   def init(self, rng, batch):

@@ -118,17 +118,31 @@ def relative_position_index(window):
   return index
 
 
+def attention_in_chunks(q, k, v, chunks):
+  """jax.nn.dot_product_attention over [B, T, N, H] q, k, v, `chunks` groups of heads at a time (a scan whose
+  body is rematerialized): the float32 [B, N / chunks, T, T] logits and probabilities of one group are alive at
+  a time, in the forward and the backward pass. Same values: heads are independent."""
+  b, t, n, h = q.shape
+  split = lambda a: a.reshape(b, t, chunks, n // chunks, h).transpose(2, 0, 1, 3, 4)
+  attend = jax.checkpoint(lambda qkv: jax.nn.dot_product_attention(*qkv))
+  out = jax.lax.map(attend, (split(q), split(k), split(v)))  # [chunks, B, T, N / chunks, H]
+  return out.transpose(1, 2, 0, 3, 4).reshape(b, t, n, h)
+
+
 class Attention(nn.Module):
   """Multi-head self-attention with a fused qkv projection.
 
   qkv_bias: True (one bias on qkv), False (none) or 'qv' (BEiT: separate
   q_bias and v_bias params, no key bias). rel_pos_window (h, w): adds a
   learned per-head relative position bias (BEiT/CAE) over [cls] + h*w tokens.
+  head_chunks: attend `num_heads / head_chunks` heads at a time (attention_in_chunks), for long sequences whose
+  [B, heads, T, T] attention arrays dominate the memory (MAE ViT-H's decoder, docs/scale_out.md).
   """
   num_heads: int = 8
   qkv_bias: Union[bool, str] = True
   rel_pos_window: Optional[Tuple[int, int]] = None
   dtype: Dtype = jnp.float32
+  head_chunks: int = 1
 
   @nn.compact
   def __call__(self, x):
@@ -158,7 +172,13 @@ class Attention(nn.Module):
                          ((2 * h - 1) * (2 * w - 1) + 3, self.num_heads))
       bias = table[relative_position_index(self.rel_pos_window)]  # [T, T, N]
       bias = bias.transpose(2, 0, 1)[None].astype(q.dtype)
-    x = jax.nn.dot_product_attention(q, k, v, bias=bias)  # [B, T, N, H]
+    if self.head_chunks > 1:
+      if self.num_heads % self.head_chunks or bias is not None:
+        raise ValueError(f'Attention: head_chunks={self.head_chunks} needs num_heads ({self.num_heads}) divisible '
+                         'by it and no relative position bias')
+      x = attention_in_chunks(q, k, v, self.head_chunks)
+    else:
+      x = jax.nn.dot_product_attention(q, k, v, bias=bias)  # [B, T, N, H]
     x = x.reshape(b, t, dim)
     return nn.Dense(dim, kernel_init=dense_init, dtype=self.dtype,
                     name='proj')(x)
@@ -189,6 +209,7 @@ class Block(nn.Module):
   layer_scale_init: Optional[float] = None
   rel_pos_window: Optional[Tuple[int, int]] = None
   dtype: Dtype = jnp.float32
+  attention_head_chunks: int = 1
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -197,7 +218,7 @@ class Block(nn.Module):
     drop_path = DropPath(self.drop_path)
 
     y = Attention(self.num_heads, self.qkv_bias, self.rel_pos_window,
-                  dtype=self.dtype, name='attn')(norm('norm1')(x))
+                  dtype=self.dtype, head_chunks=self.attention_head_chunks, name='attn')(norm('norm1')(x))
     if self.layer_scale_init is not None:
       y = LayerScale(self.layer_scale_init, name='ls1')(y)
     x = x + drop_path(y, deterministic=not train)
@@ -228,3 +249,35 @@ def sobel(images):
   kernel = jnp.stack([jnp.asarray(SOBEL_X), jnp.asarray(SOBEL_Y)], axis=-1)[:, :, None, :].astype(images.dtype)
   return jax.lax.conv_general_dilated(gray, kernel, (1, 1), ((1, 1), (1, 1)),
                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+def _after(tree, *deps):
+  """`tree`'s floating-point leaves made to depend on `deps` at no numerical cost: leaf + 0 * sum(deps)
+  (XLA does not fold a float `0 * s`, which is NaN for a non-finite s)."""
+  zero = 0 * sum(jnp.sum(d.astype(jnp.float32)) for d in jax.tree.leaves(deps))
+  return jax.tree.map(lambda x: x + zero.astype(x.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+def remat_call(block, x, *args):
+  """`block(x, *args)` rematerialized: only the block's input (and its params) are kept for the backward pass,
+  which recomputes the block's activations. `args` are static (e.g. `train`). Params and RNG streams are those
+  of `block(x, *args)`: turning remat on changes no name, and values only by float rounding.
+
+  `nn.remat` alone leaves the order of the backward pass to XLA's scheduler, and XLA:CPU's (which also strips
+  the optimization barriers JAX adds) recomputed every block first and deferred every weight gradient to the end
+  of the backward pass: all the blocks' activations were alive at once (MAE ViT-L: ~110 MB per image,
+  docs/benchmarks.md#scale-out). Two data dependencies of no numerical effect fix the order on any backend: the
+  recompute of a block reads its saved input only after the cotangent of its output exists, and the cotangent
+  passed to the block below exists only after this block's weight gradients do. So one block's activations are alive at
+  a time, and under FSDP each block's weights are gathered where it runs (forward, then recompute).
+  """
+  f = nn.remat(lambda mdl, x: mdl(x, *args))
+
+  def fwd(mdl, x):
+    return nn.vjp(f, mdl, x)  # the residuals of the rematerialized f: x and the params
+
+  def bwd(vjp_fn, g):
+    params_t, x_t = _after(vjp_fn, g)(g)
+    return params_t, _after(x_t, params_t)
+
+  return nn.custom_vjp(f, forward_fn=fwd, backward_fn=bwd)(block, x)

@@ -59,6 +59,7 @@ class MAEDecoder(nn.Module):
   mlp_ratio: float = 4.0
   dtype: Any = jnp.float32
   remat: bool = False
+  attention_head_chunks: int = 1  # heads attended at a time: decoder_num_heads / this (layers.attention_in_chunks)
 
   @nn.compact
   def __call__(self, x, ids_restore, train: bool = False):
@@ -75,10 +76,10 @@ class MAEDecoder(nn.Module):
     grid = int(round(self.num_patches ** 0.5))
     pos = layers.get_2d_sincos_pos_embed(self.decoder_embed_dim, grid, cls_token=True)
     x = x + jnp.asarray(pos, x.dtype)[None]
-    block = nn.remat(layers.Block, static_argnums=(2,)) if self.remat else layers.Block
     for i in range(self.decoder_depth):
-      x = block(num_heads=self.decoder_num_heads, mlp_ratio=self.mlp_ratio,
-                dtype=self.dtype, name=f'decoder_blocks_{i}')(x, train)
+      block = layers.Block(num_heads=self.decoder_num_heads, mlp_ratio=self.mlp_ratio, dtype=self.dtype,
+                           attention_head_chunks=self.attention_head_chunks, name=f'decoder_blocks_{i}')
+      x = layers.remat_call(block, x, train) if self.remat else block(x, train)
     x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='decoder_norm')(x)
     x = nn.Dense(self.patch_size ** 2 * self.in_chans, dtype=self.dtype,
                  kernel_init=nn.initializers.xavier_uniform(), name='decoder_pred')(x)
@@ -331,10 +332,10 @@ class CAENeck(nn.Module):
                                             pos_masked, pos_kv)
     latent_pred = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='norm_regressor')(x)
     x = latent_pred + pos_masked
-    block = nn.remat(layers.Block, static_argnums=(2,)) if self.remat else layers.Block
     for i in range(self.decoder_depth):
-      x = block(self.num_heads, self.mlp_ratio, qkv_bias='qv', layer_scale_init=self.layer_scale_init or None,
-                dtype=self.dtype, name=f'decoders_{i}')(x, train)
+      block = layers.Block(self.num_heads, self.mlp_ratio, qkv_bias='qv',
+                           layer_scale_init=self.layer_scale_init or None, dtype=self.dtype, name=f'decoders_{i}')
+      x = layers.remat_call(block, x, train) if self.remat else block(x, train)
     x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='norm_decoder')(x)
     logits = nn.Dense(self.num_classes, kernel_init=nn.initializers.truncated_normal(0.02), dtype=self.dtype,
                       name='head')(x)

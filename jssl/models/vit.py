@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jssl.models.layers import Block, PatchEmbed, get_2d_sincos_pos_embed
+from jssl.models.layers import Block, PatchEmbed, get_2d_sincos_pos_embed, remat_call
 
 Dtype = Any
 
@@ -130,16 +130,15 @@ class VisionTransformer(nn.Module):
     x = jnp.concatenate([jnp.broadcast_to(cls_token, (b, 1, self.embed_dim)),
                          x], axis=1)
 
-    # `train` is positional arg 2 (after self, x) and must stay static.
-    block_cls = nn.remat(Block, static_argnums=(2,)) if self.remat else Block
     drop_path_rates = np.linspace(0.0, self.drop_path_rate, self.depth)
     rel_pos_window = (self.grid_size,) * 2 if self.rel_pos_bias else None
     for i in range(self.depth):
-      x = block_cls(self.num_heads, self.mlp_ratio, self.qkv_bias,
+      block = Block(self.num_heads, self.mlp_ratio, self.qkv_bias,
                     drop_path=float(drop_path_rates[i]),
                     layer_scale_init=self.layer_scale_init,
                     rel_pos_window=rel_pos_window, dtype=self.dtype,
-                    name=f'blocks_{i}')(x, train)
+                    name=f'blocks_{i}')
+      x = remat_call(block, x, train) if self.remat else block(x, train)
 
     norm = lambda name: nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name=name)
     if self.use_fc_norm:

@@ -72,3 +72,12 @@ def test_encoder_sees_only_visible_patches():
   tokens = method.net.apply({'params': params}, images, train=False, ids_keep=ids_keep,
                             method=lambda m, x, train, ids_keep: m.backbone(x, train=train, ids_keep=ids_keep))
   assert tokens.shape == (2, 1 + 4, 192)  # cls + 25% of 16 patches, no mask tokens in the encoder
+
+
+def test_decoder_attention_head_chunks_must_divide_heads():
+  import pytest
+  c = tiny_config()
+  c.model.decoder_attention_head_chunks = 3
+  with pytest.raises(ValueError, match=r'^config.model.decoder_attention_head_chunks=3 must divide '
+                                       r'config.model.decoder_num_heads=2$'):
+    mae.Method(c)

@@ -1,4 +1,4 @@
-"""Shared layers against torch: the Sobel input layer of DeepCluster / ODC."""
+"""Shared layers: the Sobel input layer of DeepCluster / ODC against torch; attention over chunks of heads."""
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -22,3 +22,17 @@ def test_sobel_matches_mmselfsup_sobel_layer():
   with torch.no_grad():
     ref = edges(gray(torch.from_numpy(images).permute(0, 3, 1, 2))).permute(0, 2, 3, 1).numpy()
   np.testing.assert_allclose(layers.sobel(jnp.asarray(images)), ref, atol=1e-5)
+
+
+def test_attention_in_head_chunks_matches_all_heads():
+  import jax
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 9, 32)), jnp.float32)
+  block = layers.Block(num_heads=8)
+  chunked = layers.Block(num_heads=8, attention_head_chunks=4)
+  variables = block.init(jax.random.key(0), x)
+  loss = lambda m: lambda v: jnp.sum(m.apply(v, x) ** 2)
+  np.testing.assert_array_equal(chunked.apply(variables, x), block.apply(variables, x))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               jax.grad(loss(chunked))(variables), jax.grad(loss(block))(variables))
+  with pytest.raises(ValueError, match='head_chunks=3'):
+    layers.Block(num_heads=8, attention_head_chunks=3).init(jax.random.key(0), x)

@@ -60,9 +60,10 @@ CASES = {
                                                     'model.neck_out_channels': 32, 'data.views.0.size': 16}),
     'simclr': ('configs/simclr.py:demo', {'backbone.kwargs.num_filters': 8, 'model.neck_hid_channels': 32,
                                           'model.neck_out_channels': 16}),
+    # remat on, as in the ViT-L/H configs: its backward (jssl/models/layers.py remat_call) is checked sharded too
     'mae': ('configs/mae.py:demo', {'backbone.kwargs.depth': 2, 'backbone.kwargs.img_size': 16,
                                     'data.views.0.size': 16, 'model.decoder_embed_dim': 32,
-                                    'model.decoder_depth': 1, 'model.decoder_num_heads': 2}),
+                                    'model.decoder_depth': 1, 'model.decoder_num_heads': 2, 'remat': True}),
 }
 
 
