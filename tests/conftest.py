@@ -12,6 +12,26 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _xla_cache = []
 
+# Tests compile far more than they run: hundreds of programs, most run for one or a few steps on toy shapes. LLVM's
+# optimization of the generated CPU code is about two thirds of each compile (the SimCLR demo's init 19 s -> 3 s of
+# CPU, its train step 16 s -> 8 s; 4 test files' CPU time 366 s -> 205 s). It changes no HLO: XLA's graph passes,
+# fusion, sharding and buffer assignment (the memory figures tests assert) are those of a normal run; unoptimized
+# loops may round the last bit differently. Steps run ~10x slower, so subprocesses that run many steps (the demos,
+# the SIGTERM and kill-and-resume runs) or compare 1 and 8 devices bit for bit pass `optimize=True`.
+TEST_XLA_FLAGS = '--xla_backend_optimization_level=0'
+
+
+def pytest_configure(config):
+  """The pytest process's own flags (its jax is not initialized yet). Not at import: test subprocesses import this
+  module for its helpers, and their flags are run_python's."""
+  if TEST_XLA_FLAGS not in os.environ.get('XLA_FLAGS', ''):
+    os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' + TEST_XLA_FLAGS).strip()
+
+
+def xla_flags(devices=1, optimize=False):
+  """XLA_FLAGS for a test's subprocess with `devices` CPU devices."""
+  return f'--xla_force_host_platform_device_count={devices}' + ('' if optimize else ' ' + TEST_XLA_FLAGS)
+
 
 def xla_cache_dir():
   """One XLA compilation cache per test process (xdist worker), shared by its subprocesses: a resume test's
@@ -22,10 +42,11 @@ def xla_cache_dir():
   return _xla_cache[0]
 
 
-def run_python(code_or_args, devices=1, env=None, timeout=900, check=True):
-  """Runs `python -c code` (str) or `python args...` (list) in a fresh process with `devices` CPU devices."""
+def run_python(code_or_args, devices=1, env=None, timeout=900, check=True, optimize=False):
+  """Runs `python -c code` (str) or `python args...` (list) in a fresh process with `devices` CPU devices;
+  `optimize`: LLVM-optimized CPU code (TEST_XLA_FLAGS)."""
   full_env = dict(os.environ)
-  full_env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  full_env['XLA_FLAGS'] = xla_flags(devices, optimize)
   full_env['PYTHONPATH'] = ROOT + os.pathsep + full_env.get('PYTHONPATH', '')
   full_env.setdefault('JAX_PLATFORMS', 'cpu')
   full_env.setdefault('JAX_COMPILATION_CACHE_DIR', xla_cache_dir())

@@ -11,7 +11,8 @@ SHORT = ['--config.total_steps=12', '--config.log_every=4', '--config.checkpoint
 
 def check_demo(tmp_path, config, extra_args=()):
   """Each method's test file calls this for its :demo (12 steps)."""
-  proc = run_python(['-m', 'jssl.main', f'--config={config}', f'--workdir={tmp_path}', *SHORT, *extra_args])
+  proc = run_python(['-m', 'jssl.main', f'--config={config}', f'--workdir={tmp_path}', *SHORT, *extra_args],
+                    optimize=True)
   lines = [l for l in proc.stdout.splitlines() if l.startswith('step ')]
   assert lines[-1].startswith('step 12/12') and all(k in lines[-1] for k in ('loss', 'lr', 'img/s', 'ETA'))
   assert 'top-1: trained' in proc.stdout

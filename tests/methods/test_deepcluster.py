@@ -133,7 +133,8 @@ def test_deepcluster_step_on_eight_devices_matches_one_device():
 def test_deepcluster_clustering_on_eight_devices_matches_one_device():
   # the epoch-level work: features over the mesh, PCA, k-means and the pseudo-labels
   overrides = {**SMALL, 'data.views.0.size': 16, 'data.image_size': 16, 'eval.resize': 16, 'eval.crop': 16}
-  assert 'ok' in run_python(EPOCH_ON_DEVICES % __import__('json').dumps(overrides), devices=8).stdout
+  assert 'ok' in run_python(EPOCH_ON_DEVICES % __import__('json').dumps(overrides), devices=8,
+                             optimize=True).stdout  # O0 codegen rounds 1 and 8 devices apart: k-means ties flip
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ def test_simclr_loss_is_nt_xent_of_projections_and_bn_spans_both_views():
                                                     jax.random.key(1), 0)
   z, _ = method.net.apply({'params': params, **model_state}, jnp.concatenate([v1, v2]), train=True,
                           mutable=['batch_stats'])
-  np.testing.assert_allclose(loss, losses.nt_xent(z[:4], z[4:], 0.1), rtol=1e-6)
+  np.testing.assert_allclose(loss, losses.nt_xent(z[:4], z[4:], 0.1), rtol=1e-5)  # one jit vs two: rounding
   # one forward over both views: BN running stats moved, from statistics of all 8 images
   stem_mean = new_model_state['batch_stats']['backbone']['bn1']['mean']
   assert not np.allclose(stem_mean, 0)

@@ -170,7 +170,8 @@ def test_drop_path_and_remat():
   remat_value, remat_grads = jax.jit(
       jax.value_and_grad(loss(remat_model)))(variables)
   np.testing.assert_allclose(remat_value, value, rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
+  # rtol: gradients of ~150 differ in the last bit when XLA fuses the recompute differently
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-5),
                remat_grads, grads)
 
 

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, run_python, xla_cache_dir
+from tests.conftest import ROOT, run_python, xla_cache_dir, xla_flags
 
 # Records every host-local batch the run consumes as p<process>_s<global step>.npz, then runs jssl.main as the user
 # would. A resumed run starts counting at the latest checkpoint in the workdir (where the loop resumes). At global
@@ -92,7 +92,7 @@ def free_port():
 def launch(processes, record, workdir, stop_at):
   """`processes` jssl.main processes (one CPU device each) of one jax.distributed job, recording into `record`."""
   record.mkdir()
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=1',
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu', XLA_FLAGS=xla_flags(1),
              JAX_COMPILATION_CACHE_DIR=xla_cache_dir(),  # the relaunch reuses what process 0 compiled
              JAX_COORDINATOR_ADDRESS=f'localhost:{free_port()}', JAX_NUM_PROCESSES=str(processes))
   args = [sys.executable, '-c', MULTI, str(record), str(stop_at), '--config=configs/simclr.py:demo',
@@ -127,9 +127,7 @@ def kill_when_stopped(procs, record, checkpoint_dir, timeout=600):
 
 
 @pytest.mark.slow
-# heavy: 2 processes (CI time); in CI 4 processes run this, and two processes stop together on SIGTERM
-# (tests/train/test_staying_up.py)
-@pytest.mark.parametrize('processes', [pytest.param(2, marks=pytest.mark.heavy), 4])
+@pytest.mark.parametrize('processes', [2, 4])
 def test_processes_killed_resume_and_agree_with_one(tmp_path, processes):
   before, after, workdir = tmp_path / 'before', tmp_path / 'after', tmp_path / 'work'
   kill_when_stopped(launch(processes, before, workdir, KILL_AT), before, workdir / 'checkpoints' / str(RESUME_AT))

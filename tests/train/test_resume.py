@@ -58,17 +58,17 @@ def assert_resume_exact(tmp_path, config_path, overrides, kill_at=(15,)):
   its last checkpoint, and must end bitwise equal to an uninterrupted run."""
   args = lambda workdir, kill: ['-c', SCRIPT, str(workdir), str(kill), config_path, json.dumps(overrides)]
   full, killed = tmp_path / 'full', tmp_path / 'killed'
-  run_python(args(full, 0))
+  run_python(args(full, 0), optimize=True)
   resumed_from = None
   for kill in kill_at:
     resume = (kill - 1) // EVERY * EVERY  # the killed step's own checkpoint is never written
     assert (resumed_from or 0) < resume and kill < overrides['total_steps'], kill_at
-    proc = run_python(args(killed, kill), check=False)
+    proc = run_python(args(killed, kill), check=False, optimize=True)
     assert proc.returncode == 137, proc.stderr[-2000:]
     if resumed_from is not None:
       assert f'resumed from step {resumed_from} ' in proc.stdout
     resumed_from = resume
-  proc = run_python(args(killed, 0))
+  proc = run_python(args(killed, 0), optimize=True)
   assert f'resumed from step {resumed_from} ' in proc.stdout
   a, b = final_leaves(full), final_leaves(killed)
   assert len(a) == len(b)

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, run_python, xla_cache_dir
+from tests.conftest import ROOT, run_python, xla_cache_dir, xla_flags
 from tests.train.test_distributed import free_port
 
 SMALL = ['--config=configs/simclr.py:demo', '--config.backbone.kwargs.num_filters=8',
@@ -22,9 +22,9 @@ def main_args(workdir, *args):
   return ['-m', 'jssl.main', f'--workdir={workdir}', *SMALL, *args]
 
 
-def start(args, stderr_path, **env):
+def start(args, stderr_path, optimize=False, **env):
   """`python args...` in the background, as run_python would run it; stdout piped, stderr to a file."""
-  full_env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1', PYTHONPATH=ROOT,
+  full_env = dict(os.environ, XLA_FLAGS=xla_flags(1, optimize), PYTHONPATH=ROOT,
                   JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=xla_cache_dir(), **env)
   return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=full_env, stdout=subprocess.PIPE,
                           stderr=open(stderr_path, 'w'), text=True)
@@ -76,7 +76,7 @@ def preempted_step(out, workdir):
 def test_sigterm_saves_exits_0_and_resumes_exactly(tmp_path):
   args = lambda w: main_args(w, '--config.total_steps=40', '--config.checkpoint.every=100')  # no periodic save
   work, full = tmp_path / 'work', tmp_path / 'full'
-  proc = start(args(work), tmp_path / 'err')
+  proc = start(args(work), tmp_path / 'err', optimize=True)  # 120 steps in all: the code's speed matters
   lines = read_until(proc, 'step ')
   printed = int(lines[-1].split()[1].split('/')[0])
   proc.send_signal(signal.SIGTERM)
@@ -84,9 +84,9 @@ def test_sigterm_saves_exits_0_and_resumes_exactly(tmp_path):
   assert proc.returncode == 0, (tmp_path / 'err').read_text()[-3000:]
   step = preempted_step(out, work)
   assert printed <= step < 40 and steps_in(work) == [step]  # the step in flight finished, then it stopped
-  out = run_python(args(work)).stdout
+  out = run_python(args(work), optimize=True).stdout
   assert f'resumed from step {step}' in out and 'step 40/40' in out
-  run_python(args(full))
+  run_python(args(full), optimize=True)
   assert_equal_leaves(state_leaves(work, 40), state_leaves(full, 40))
 
 
