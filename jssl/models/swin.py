@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jssl.models.layers import DropPath, Mlp
+from jssl.models.layers import DropPath, Mlp, remat_call
 
 Dtype = Any
 
@@ -211,16 +211,15 @@ class SwinStage(nn.Module):
   def __call__(self, x, train: bool = False):
     if self.downsample:
       x = PatchMerging(dtype=self.dtype, name='downsample')(x)
-    # `train` is positional arg 2 (after self, x) and must stay static.
-    block_cls = nn.remat(SwinBlock, static_argnums=(2,)) if self.remat else (
-        SwinBlock)
     for j in range(self.depth):
-      x = block_cls(self.num_heads, self.window,
-                    shift=0 if j % 2 == 0 else self.shift,
-                    mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias,
-                    drop_path=float(self.drop_paths[j]),
-                    pad_first=self.pad_first, dtype=self.dtype,
-                    name=f'blocks_{j}')(x, train)
+      block = SwinBlock(self.num_heads, self.window,
+                        shift=0 if j % 2 == 0 else self.shift,
+                        mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias,
+                        drop_path=float(self.drop_paths[j]),
+                        pad_first=self.pad_first, dtype=self.dtype,
+                        name=f'blocks_{j}')
+      # remat_call: one block's activations alive at a time (layers.py)
+      x = remat_call(block, x, train) if self.remat else block(x, train)
     return x
 
 

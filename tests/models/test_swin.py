@@ -130,6 +130,16 @@ def test_remat_and_bf16():
   (out,) = jax.jit(remat.apply)(variables, x)
   assert_close(out, expected, rtol=1e-6)
 
+  # training: same drop-path draws and gradients with remat (layers.remat_call) as without
+  def loss(remat, key=3):
+    m = SwinTransformer(**SMALL, out_indices=(1,), drop_path_rate=0.5, remat=remat)
+    return lambda v: jnp.sum(m.apply(v, x, train=True, rngs={'dropout': jax.random.key(key)})[0] ** 2)
+  value, grads = jax.jit(jax.value_and_grad(loss(False)))(variables)
+  remat_value, remat_grads = jax.jit(jax.value_and_grad(loss(True)))(variables)
+  assert_close(remat_value, value, rtol=1e-6)
+  assert abs(float(loss(True, key=4)(variables)) - float(value)) > 1e-3 * abs(float(value))  # the draws matter
+  jax.tree.map(lambda a, b: assert_close(a, b, rtol=1e-5), remat_grads, grads)
+
   bf16 = SwinTransformer(**SMALL, out_indices=(1,), dtype=jnp.bfloat16)
   (out,) = jax.jit(bf16.apply)(variables, x)
   assert out.dtype == jnp.bfloat16
