@@ -42,17 +42,24 @@ def xla_cache_dir():
   return _xla_cache[0]
 
 
-def run_python(code_or_args, devices=1, env=None, timeout=900, check=True, optimize=False):
-  """Runs `python -c code` (str) or `python args...` (list) in a fresh process with `devices` CPU devices;
-  `optimize`: LLVM-optimized CPU code (TEST_XLA_FLAGS)."""
+def subprocess_env(devices=1, optimize=False, **env):
+  """The environment of a test's subprocess: `devices` CPU devices, the repo importable, this worker's XLA cache
+  (a relaunched or repeated run reuses what an earlier one compiled); `optimize`: LLVM-optimized CPU code
+  (TEST_XLA_FLAGS); `env` added last."""
   full_env = dict(os.environ)
   full_env['XLA_FLAGS'] = xla_flags(devices, optimize)
   full_env['PYTHONPATH'] = ROOT + os.pathsep + full_env.get('PYTHONPATH', '')
   full_env.setdefault('JAX_PLATFORMS', 'cpu')
   full_env.setdefault('JAX_COMPILATION_CACHE_DIR', xla_cache_dir())
-  full_env.update(env or {})
+  full_env.update(env)
+  return full_env
+
+
+def run_python(code_or_args, devices=1, env=None, timeout=900, check=True, optimize=False):
+  """Runs `python -c code` (str) or `python args...` (list) in a fresh process (subprocess_env)."""
   args = [sys.executable, '-c', code_or_args] if isinstance(code_or_args, str) else [sys.executable] + code_or_args
-  proc = subprocess.run(args, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+  proc = subprocess.run(args, cwd=ROOT, env=subprocess_env(devices, optimize, **(env or {})), capture_output=True,
+                        text=True, timeout=timeout)
   if check and proc.returncode != 0:
     raise AssertionError(f'subprocess failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}')
   return proc

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, run_python, xla_cache_dir, xla_flags
+from tests.conftest import ROOT, run_python, subprocess_env
 
 # Records every host-local batch the run consumes as p<process>_s<global step>.npz, then runs jssl.main as the user
 # would. A resumed run starts counting at the latest checkpoint in the workdir (where the loop resumes). At global
@@ -92,9 +92,7 @@ def free_port():
 def launch(processes, record, workdir, stop_at):
   """`processes` jssl.main processes (one CPU device each) of one jax.distributed job, recording into `record`."""
   record.mkdir()
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu', XLA_FLAGS=xla_flags(1),
-             JAX_COMPILATION_CACHE_DIR=xla_cache_dir(),  # the relaunch reuses what process 0 compiled
-             JAX_COORDINATOR_ADDRESS=f'localhost:{free_port()}', JAX_NUM_PROCESSES=str(processes))
+  env = subprocess_env(1, JAX_COORDINATOR_ADDRESS=f'localhost:{free_port()}', JAX_NUM_PROCESSES=str(processes))
   args = [sys.executable, '-c', MULTI, str(record), str(stop_at), '--config=configs/simclr.py:demo',
           f'--workdir={workdir}', *(f'--config.{k}={v}' for k, v in OVERRIDES.items())]
   return [subprocess.Popen(args, cwd=ROOT, env=dict(env, JAX_PROCESS_ID=str(i)), stdout=subprocess.PIPE,

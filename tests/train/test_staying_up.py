@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, run_python, xla_cache_dir, xla_flags
+from tests.conftest import ROOT, run_python, subprocess_env
 from tests.train.test_distributed import free_port
 
 SMALL = ['--config=configs/simclr.py:demo', '--config.backbone.kwargs.num_filters=8',
@@ -24,10 +24,8 @@ def main_args(workdir, *args):
 
 def start(args, stderr_path, optimize=False, **env):
   """`python args...` in the background, as run_python would run it; stdout piped, stderr to a file."""
-  full_env = dict(os.environ, XLA_FLAGS=xla_flags(1, optimize), PYTHONPATH=ROOT,
-                  JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=xla_cache_dir(), **env)
-  return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=full_env, stdout=subprocess.PIPE,
-                          stderr=open(stderr_path, 'w'), text=True)
+  return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=subprocess_env(1, optimize, **env),
+                          stdout=subprocess.PIPE, stderr=open(stderr_path, 'w'), text=True)
 
 
 def read_until(proc, prefix):
