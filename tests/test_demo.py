@@ -41,9 +41,10 @@ def test_demo_writes_everything(tmp_path, config):
 
 @pytest.mark.slow
 def test_mae_demo_and_its_reconstruction_picture(tmp_path):
-  """The MAE demo, then `jssl.tools.mae_visualize` on its checkpoint: a 4-panel PNG whose panels are the
-  original, the masked image (masked patches grey) and the pasted reconstruction equal to the original on visible
-  patches; after 12 steps the masked-patch error is already below the random-init model's."""
+  """The MAE demo, then `jssl.tools.mae_visualize --index=0` on its checkpoint (the first image of the run's own
+  val data, the command docs/methods/mae.md gives): a 4-panel PNG, each panel labelled above it, whose panels are
+  the original, the masked image (masked patches grey) and the pasted reconstruction equal to the original on
+  visible patches; after 12 steps the masked-patch error is already below the random-init model's."""
   import numpy as np
   from PIL import Image
   from jssl.config import load_config_file
@@ -52,17 +53,18 @@ def test_mae_demo_and_its_reconstruction_picture(tmp_path):
   check_demo(workdir, 'configs/mae.py:demo')
   config = load_config_file('configs/mae.py:demo')
   digit = sources.build_source(config.data, 'val')[0]['image']  # already the model's 32 px
-  Image.fromarray(digit).save(tmp_path / 'digit.png')
   out, figures = tmp_path / 'mae.png', tmp_path / 'mae.json'
-  proc = run_python(['-m', 'jssl.tools.mae_visualize', str(tmp_path / 'digit.png'), f'--workdir={workdir}',
-                     f'--out={out}', f'--json={figures}', '--panel=32'])
-  assert 'masked-patch MSE' in proc.stdout
+  proc = run_python(['-m', 'jssl.tools.mae_visualize', '--index=0', f'--workdir={workdir}', f'--out={out}',
+                     f'--json={figures}', '--panel=32'])
+  assert 'masked-patch MSE' in proc.stdout and '(val record 0 of digits, step 12)' in proc.stdout
   result = json.loads(figures.read_text())
   assert result['step'] == 12 and result['mask_ratio'] == 0.75
   assert result['masked_mse'] < result['masked_mse_random_init']
   png = np.asarray(Image.open(out))
-  assert png.shape == (32, 4 * 32 + 3 * 2, 3)
-  panels = [png[:, i * 34:i * 34 + 32] for i in range(4)]
+  assert png.shape[0] > 32 and png.shape[1:] == (4 * 32 + 3 * 2, 3)
+  labels, body = png[:-32], png[-32:]
+  assert all((labels[:, i * 34:i * 34 + 32] < 128).any() for i in range(4))  # a label over each panel
+  panels = [body[:, i * 34:i * 34 + 32] for i in range(4)]
   np.testing.assert_array_equal(panels[0], digit)
   grey = (panels[1] == 128).all(axis=-1)
   assert abs(grey.mean() - 0.75) < 0.02  # 48 of the 64 4-px patches (a digit pixel may be 128 by chance)
@@ -71,6 +73,10 @@ def test_mae_demo_and_its_reconstruction_picture(tmp_path):
   proc = run_python(['-m', 'jssl.tools.mae_visualize', str(tmp_path / 'missing.png'), f'--workdir={workdir}',
                      f'--out={out}'], check=False)
   assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].endswith('missing.png: no such image file')
+  proc = run_python(['-m', 'jssl.tools.mae_visualize', '--index=359', f'--workdir={workdir}', f'--out={out}'],
+                    check=False)
+  assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (
+      "mae_visualize: error: --index=359: the run's val data (digits) has 359 images: 0..358")
 
 
 @pytest.mark.heavy  # the bench's compile path stays in CI: test_bench_memory_only

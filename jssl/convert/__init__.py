@@ -152,6 +152,8 @@ def export_workdir(workdir: str, dst: str, fmt: str, step: int | None = None, wh
   name = config.backbone.name
   family = check_format(name, fmt)
   file_type = io.file_type_of(dst, file_format)
+  io.check_destination(dst, directory=False)  # all that can be told without the checkpoint: before loading it
+  io.check_modules(dst, file_type, reading=False)
   _, state, step = load_workdir(workdir, step)
   arch = arch_of(name, config.backbone.get('kwargs', ml_collections.ConfigDict()).to_dict())
   state_dict = family.to_torch(backbone_variables(state), fmt, arch)
@@ -184,19 +186,63 @@ def import_backbone(src: str, backbone_name: str, fmt: str, backbone_kwargs=None
                     interpolate_pos_embed: bool = False, return_ignored: bool = False):
   """Backbone variables ({'params', ['batch_stats']}) of a PyTorch/safetensors/detectron2 file; `fmt` says whose
   names it uses. Keys that are not the backbone's are ignored (io.IGNORED); a key the architecture lacks or
-  needs but the file misses is an error. `return_ignored`: also return the ignored names."""
+  needs but the file misses is an error, as is a sin-cos ViT whose file holds the other table layout than
+  `backbone_kwargs` say (import_backbone_file takes it from the file). `return_ignored`: also return the ignored
+  names."""
+  result = _import(src, backbone_name, fmt, backbone_kwargs, interpolate_pos_embed, take_from_file=False)
+  return (result['variables'], result['ignored']) if return_ignored else result['variables']
+
+
+def import_backbone_file(src: str, backbone_name: str, fmt: str, backbone_kwargs=None,
+                         interpolate_pos_embed: bool = False) -> dict:
+  """import_backbone, taking from the file what `backbone_kwargs` leave open: a sin-cos ViT's `sincos_layout`
+  (MAE's table or MoCo v3's / mmpretrain's). Returns {'variables', 'ignored', 'kwargs': the backbone kwargs the
+  variables belong to, 'notes': what was found in the file, for the user}."""
+  return _import(src, backbone_name, fmt, backbone_kwargs, interpolate_pos_embed, take_from_file=True)
+
+
+def _import(src, backbone_name, fmt, backbone_kwargs, interpolate_pos_embed, take_from_file):
+  from jssl.convert import keymap
   family = check_format(backbone_name, fmt)
-  template = backbone_template(backbone_name, backbone_kwargs)
+  kwargs = dict(backbone_kwargs or {})
+  template = backbone_template(backbone_name, kwargs)  # unknown backbone / bad kwargs: before reading the file
   state_dict, ignored = io.backbone_state_dict(io.read_checkpoint(src), fmt, src)
-  arch = arch_of(backbone_name, backbone_kwargs)
+  notes = []
+  if hasattr(family, 'checkpoint_kwargs'):
+    found, note = family.checkpoint_kwargs(state_dict, fmt, arch_of(backbone_name, kwargs))
+    notes += [note] if note else []
+    module = keymap.build_module(arch_of(backbone_name, kwargs))
+    taken = {k: v for k, v in found.items() if k not in kwargs and getattr(module, k) != v}
+    if take_from_file and taken:
+      kwargs = {**kwargs, **taken}
+      template = backbone_template(backbone_name, kwargs)
+  arch = arch_of(backbone_name, kwargs)
   if interpolate_pos_embed:
     arch['interpolate_pos_embed'] = True
   try:
     variables = family.from_torch(state_dict, fmt, template, arch)
   except ConversionError as e:
-    raise ConversionError(f'{src}: {e}') from None
+    raise ConversionError(f'{src}: {e}{kwargs_hint(family, state_dict, fmt, backbone_name, kwargs, str(e))}') from None
   variables = jax.tree.map(np.asarray, dict(variables))
-  return (variables, ignored) if return_ignored else variables
+  return {'variables': variables, 'ignored': ignored, 'kwargs': kwargs, 'notes': notes}
+
+
+def kwargs_hint(family, state_dict, fmt: str, backbone_name: str, kwargs: dict, error: str) -> str:
+  """What to append to an import error: the --backbone_kwargs that fit the file's shapes where they tell (the
+  demos' half-width ResNet-18: num_filters=32), a general word for another shape mismatch, else nothing."""
+  from jssl.convert import keymap
+  module = keymap.build_module(arch_of(backbone_name, kwargs))
+  file_arch = family.architecture_of(state_dict, fmt) if hasattr(family, 'architecture_of') else {}
+  as_json = lambda v: list(v) if isinstance(v, tuple) else v
+  differ = {k: v for k, v in file_arch.items() if hasattr(module, k) and as_json(getattr(module, k)) != as_json(v)}
+  if differ:
+    said = ', '.join(f'{k}={as_json(v)} (the backbone: {as_json(getattr(module, k))})' for k, v in differ.items())
+    suggested = json.dumps({**kwargs, **{k: as_json(v) for k, v in differ.items()}})
+    note = getattr(family, 'HINT_NOTE', '')  # what the weights cannot tell (a ViT's num_heads)
+    return f"; the file's {backbone_name} has {said}: --backbone_kwargs='{suggested}'{note}"
+  if 'checkpoint shape' in error:
+    return "; --backbone_kwargs must describe the file's architecture (num_filters, embed_dim, patch_size, ...)"
+  return ''
 
 
 def replace_backbone(state, variables):

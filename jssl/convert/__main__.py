@@ -12,7 +12,10 @@
       --backbone_kwargs='{"img_size": 224}'
 
 Any failure (wrong architecture, damaged file, unknown format) is one line on stderr, exit code 2, and
-nothing is written.
+nothing is written. What can be told without the checkpoint (the destination's folder, the flags, a missing
+PyTorch for a .pth/.safetensors file: `pip install -e '.[torch]'`) is checked before it is loaded; an import whose
+--backbone_kwargs do not fit the file's shapes names the kwargs that do (`num_filters=32` for the demos' ResNet).
+A sin-cos ViT takes its table layout from the file (MAE's or MoCo v3's / mmpretrain's, `sincos_layout`).
 """
 import argparse
 import json
@@ -70,7 +73,7 @@ def export(args):
 
 
 def import_(args):
-  from jssl.convert import import_backbone, save_imported_backbone
+  from jssl.convert import import_backbone_file, io, save_imported_backbone
   if not args.backbone:
     fail('--backbone is required to import a file, e.g. --backbone=resnet50')
   if args.step is not None or args.whole_model or args.file_format:
@@ -81,16 +84,19 @@ def import_(args):
     fail(f'--backbone_kwargs is not JSON ({e}): {args.backbone_kwargs}')
   if not isinstance(kwargs, dict):
     fail(f'--backbone_kwargs must be a JSON object, got {args.backbone_kwargs}')
-  dst = os.path.abspath(args.dst)
-  if os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)):
-    fail(f'{args.dst}: already exists and is not an empty directory')
-  variables, ignored = import_backbone(args.src, args.backbone, args.format, kwargs,
-                                       interpolate_pos_embed=args.interpolate_pos_embed, return_ignored=True)
+  # all that can be told without reading the file: before reading it
+  io.check_destination(args.dst, directory=True)
+  if not os.path.isfile(args.src) or not os.access(args.src, os.R_OK):
+    fail(f'{args.src}: not a readable file')
+  io.check_modules(args.src, io.read_file_type(args.src), reading=True)
+  result = import_backbone_file(args.src, args.backbone, args.format, kwargs,
+                                interpolate_pos_embed=args.interpolate_pos_embed)
+  ignored = result['ignored']
   source = {'file': os.path.abspath(args.src), 'format': args.format, 'ignored': ignored}
-  save_imported_backbone(args.dst, args.backbone, kwargs, variables, source)
+  save_imported_backbone(args.dst, args.backbone, result['kwargs'], result['variables'], source)
   shown = ', '.join(ignored[:8]) + (f', ... ({len(ignored)} in all)' if len(ignored) > 8 else '')
   print(f'wrote {args.dst}: {args.backbone} from {args.src} ({args.format} names)'
-        + (f'; ignored {shown}' if ignored else ''))
+        + ''.join(f'; {note}' for note in result['notes']) + (f'; ignored {shown}' if ignored else ''))
 
 
 def main(argv=None):

@@ -13,6 +13,7 @@ A naming format (`--format`) decides the wrapper around the state dict; the file
   any format   .safetensors the wrapper's flat names (prefix included), no container
 """
 import argparse
+import importlib.util
 import os
 import pickle
 import tempfile
@@ -48,6 +49,41 @@ def file_type_of(path: str, file_format: str | None = None) -> str:
   return FILE_TYPES[ext]
 
 
+# modules each file type needs beyond jssl's own dependencies, reading / writing (all in setup.cfg's `torch` extra)
+FILE_MODULES = {'pth': (('torch',), ('torch',)), 'safetensors': (('safetensors', 'torch'), ('safetensors',)),
+                'pkl': ((), ())}
+TORCH_EXTRA = "pip install -e '.[torch]'"
+
+
+def check_modules(path: str, file_type: str, reading: bool):
+  """ConversionError naming the extra to install when reading / writing `file_type` needs a module that is not
+  installed; checked before any model or checkpoint is loaded. (find_spec imports nothing: torch takes seconds.)"""
+  missing = [m for m in FILE_MODULES[file_type][0 if reading else 1] if importlib.util.find_spec(m) is None]
+  if missing:
+    raise ConversionError(f"{path}: {'reading' if reading else 'writing'} a .{file_type} file needs "
+                          f"{' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not installed: "
+                          f'{TORCH_EXTRA} (the PyTorch extra: torch, torchvision, timm, safetensors)')
+
+
+def read_file_type(path: str) -> str:
+  """The file type read_checkpoint reads `path` as (an unknown extension: a torch file, e.g. MoCo v3's .pth.tar)."""
+  return file_type_of(path) if os.path.splitext(path)[1].lower() in FILE_TYPES else 'pth'
+
+
+def check_destination(dst: str, directory: bool):
+  """Before any work: the folder that is to hold `dst` exists and is writable, and `dst` is not in the way (an
+  export's file: not a directory; an import's directory: absent or empty)."""
+  parent = os.path.dirname(os.path.abspath(dst))
+  if not os.path.isdir(parent):
+    raise ConversionError(f'{dst}: the directory {parent} does not exist')
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise ConversionError(f'{dst}: the directory {parent} is not writable')
+  if directory and os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)):
+    raise ConversionError(f'{dst}: already exists and is not an empty directory')
+  if not directory and os.path.isdir(dst):
+    raise ConversionError(f'{dst}: is a directory; name the file to write')
+
+
 # --- reading ----------------------------------------------------------------------------------------------------
 def to_numpy(tree):
   """Torch tensors (any dtype, bfloat16 included) -> float/int numpy arrays, recursively through dicts."""
@@ -76,15 +112,18 @@ def read_checkpoint(path: str):
   """The file's content with tensors as numpy arrays: a dict (possibly nested: {'state_dict': ...})."""
   if not os.path.isfile(path):
     raise ConversionError(f'{path}: no such file')
-  kind = file_type_of(path) if os.path.splitext(path)[1].lower() in FILE_TYPES else 'pth'
+  kind = read_file_type(path)
+  check_modules(path, kind, reading=True)
+  if kind == 'safetensors':
+    import safetensors.torch
+  elif kind == 'pth':
+    import torch
   try:
     if kind == 'safetensors':
-      import safetensors.torch
       return to_numpy(safetensors.torch.load_file(path))
     if kind == 'pkl':
       with open(path, 'rb') as f:
         return _NumpyOnlyUnpickler(f, encoding='latin1').load()
-    import torch
     # argparse.Namespace: the 'args' entry that official MAE / DeiT training checkpoints carry
     with torch.serialization.safe_globals([argparse.Namespace]):
       return to_numpy(torch.load(path, map_location='cpu', weights_only=True))

@@ -97,6 +97,18 @@ def key_map(template, fmt, arch):
   return entries, constants
 
 
+def architecture_of(state_dict, fmt):
+  """Backbone kwargs that the file's stem tells (num_filters, in_channels), for the hint of an import whose
+  backbone_kwargs do not fit (the demos' ResNet-18 has num_filters=32)."""
+  stem = state_dict.get('stem.conv1.weight' if fmt == 'detectron2' else 'conv1.weight')
+  if stem is None:  # ResNet-D: the deep stem's last conv has num_filters outputs
+    last = state_dict.get('stem.2.conv.weight')
+    first = state_dict.get('stem.0.conv.weight')
+    return ({'num_filters': int(last.shape[0]), 'in_channels': int(first.shape[1])}
+            if last is not None and first is not None and np.ndim(last) == np.ndim(first) == 4 else {})
+  return {'num_filters': int(stem.shape[0]), 'in_channels': int(stem.shape[1])} if np.ndim(stem) == 4 else {}
+
+
 def to_torch(variables, fmt, arch):
   """{'params', 'batch_stats'} -> {torch name: array} (OIHW convs)."""
   for collection in ('params', 'batch_stats'):

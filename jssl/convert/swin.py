@@ -171,6 +171,26 @@ def _check_format(fmt):
     raise ValueError(f"unknown format '{fmt}'; valid: {', '.join(FORMATS)}")
 
 
+HINT_NOTE = " (and num_heads as the file's model had them: the weights do not tell them)"
+
+
+def architecture_of(state_dict, fmt):
+  """Backbone kwargs that the file's shapes tell (embed_dim, patch_size, depths), for the hint of an import whose
+  backbone_kwargs do not fit."""
+  found = {}
+  proj = state_dict.get('patch_embed.projection.weight' if fmt == 'mmpretrain' else 'patch_embed.proj.weight')
+  if proj is not None and np.ndim(proj) == 4:
+    found.update(embed_dim=int(proj.shape[0]), patch_size=int(proj.shape[2]))
+  blocks = {}
+  for k in state_dict:
+    m = re.match(r'(?:stages|layers)\.(\d+)\.blocks\.(\d+)\.', k)
+    if m:
+      blocks[int(m.group(1))] = max(blocks.get(int(m.group(1)), 0), int(m.group(2)) + 1)
+  if blocks and sorted(blocks) == list(range(len(blocks))):
+    found['depths'] = tuple(blocks[i] for i in range(len(blocks)))
+  return found
+
+
 def to_torch(variables, fmt, arch):
   """{'params': swin tree} -> {torch key: np.ndarray} in `fmt`'s layout."""
   del arch  # the tree itself tells the stages, windows and heads

@@ -29,11 +29,17 @@ top-level `mask_token` of mmpretrain's MaskFeatViT; timm has none (to_torch
 refuses it). from_torch drops an mmpretrain `mask_token` when the target ViT
 has none (a MaskFeat checkpoint loaded for fine-tuning / eval).
 
-pos_embed='sincos' is a constant in jssl: exported as pos_embed; on import
-the checkpoint's pos_embed is optional and, when present, must equal jssl's
-(MAE's) table - MoCo v3's sin-cos table differs, so load MoCo v3 into
-pos_embed='learned' to keep its values. A learned pos_embed of another grid
-is an error unless arch['interpolate_pos_embed'] (bicubic resize, cls kept).
+pos_embed='sincos' is a constant in jssl: exported as pos_embed (the table
+the backbone computes with, so the file gives torch the same features); on
+import the checkpoint's pos_embed is optional and, when present, must be one of
+the two fixed tables (within 1e-3): MAE's (sincos_layout='mae', jssl's default)
+or MoCo v3's, which mmpretrain uses for all its sin-cos ViTs (MAEViT,
+MoCoV3ViT, CAEPretrainViT: sincos_layout='mocov3', the two channel halves
+swapped). `checkpoint_kwargs` tells which one a file holds; a table of the other
+layout than the backbone's is an error naming the sincos_layout to set, any
+other table one saying pos_embed='learned' keeps its values. A learned
+pos_embed of another grid is an error unless arch['interpolate_pos_embed']
+(bicubic resize, cls kept).
 """
 import re
 
@@ -42,12 +48,60 @@ import numpy as np
 
 from jssl.convert import keymap
 from jssl.convert.errors import ConversionError
-from jssl.models.layers import get_2d_sincos_pos_embed, relative_position_index
+from jssl.models.layers import SINCOS_LAYOUTS, get_2d_sincos_pos_embed, relative_position_index
 from jssl.models.vit import resize_pos_embed
 
 FORMATS = ('timm', 'mmpretrain', 'mae', 'mocov3')
 
 LEAVES = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias'}
+
+LAYOUT_NAMES = {'mae': "MAE's", 'mocov3': "MoCo v3's / mmpretrain's"}
+SINCOS_TOLERANCE = 1e-3  # float16 rounding of values in [-1, 1] is below 2.5e-4; the two layouts differ by ~2
+
+
+def sincos_layout_of(value, embed_dim):
+  """Which fixed sin-cos table a checkpoint's pos_embed [1, 1 + n*n, D] is, at its own grid n: 'mae', 'mocov3'
+  or None (neither: a learned table, another shape)."""
+  value = np.asarray(value)
+  side = int(round(max(value.shape[1] - 1, 0) ** 0.5)) if value.ndim == 3 else 0
+  if not side or side * side != value.shape[1] - 1 or value.shape[2] != embed_dim or embed_dim % 4:
+    return None
+  for layout in SINCOS_LAYOUTS:
+    if np.max(np.abs(value - get_2d_sincos_pos_embed(embed_dim, side, layout=layout)[None])) <= SINCOS_TOLERANCE:
+      return layout
+  return None
+
+
+def checkpoint_kwargs(state_dict, fmt, arch):
+  """(kwargs, note): the backbone kwargs a file decides that the caller may leave open -- a sin-cos ViT's
+  sincos_layout, from the file's table -- and a note saying what was found (None: nothing to say)."""
+  module = keymap.build_module(arch)
+  if module.pos_embed != 'sincos' or 'pos_embed' not in state_dict:
+    return {}, None
+  found = sincos_layout_of(state_dict['pos_embed'], module.embed_dim)
+  if found is None:
+    return {}, None  # from_torch names the problem
+  return {'sincos_layout': found}, f"pos_embed: {LAYOUT_NAMES[found]} sin-cos table (sincos_layout='{found}')"
+
+
+HINT_NOTE = " (and num_heads as the file's model had it: the weights do not tell it)"
+
+
+def architecture_of(state_dict, fmt):
+  """Backbone kwargs that the file's shapes tell (embed_dim, patch_size, depth, mlp_ratio), for the hint of an
+  import whose backbone_kwargs do not fit."""
+  mm = fmt == 'mmpretrain'
+  found = {}
+  proj = state_dict.get('patch_embed.projection.weight' if mm else 'patch_embed.proj.weight')
+  if proj is not None and np.ndim(proj) == 4:
+    found.update(embed_dim=int(proj.shape[0]), patch_size=int(proj.shape[2]))
+  blocks = {int(m.group(1)) for k in state_dict for m in [re.match(r'(?:layers|blocks)\.(\d+)\.', k)] if m}
+  if blocks:
+    found['depth'] = max(blocks) + 1
+  fc1 = state_dict.get('layers.0.ffn.layers.0.0.weight' if mm else 'blocks.0.mlp.fc1.weight')
+  if fc1 is not None and 'embed_dim' in found and np.ndim(fc1) == 2:
+    found['mlp_ratio'] = fc1.shape[0] / found['embed_dim']
+  return found
 
 
 def block_name(child, fmt, beit):
@@ -118,14 +172,8 @@ def key_map(template, fmt, module):
                           layout(path))
              for path in keymap.flatten(template['params'])]
   constants = []
-  if module.pos_embed == 'sincos':
-    table = get_2d_sincos_pos_embed(module.embed_dim, module.grid_size)[None]
-
-    def check_sincos(value):
-      if np.max(np.abs(value - table)) > 1e-4:
-        return ("differs from jssl's fixed (MAE) sin-cos table; use "
-                "pos_embed='learned' to keep the checkpoint's values")
-    constants.append(keymap.Constant('pos_embed', table, check_sincos))
+  if module.pos_embed == 'sincos':  # its value is checked by check_sincos_layout (at the file's own grid)
+    constants.append(keymap.Constant('pos_embed', module.sincos_table()[None]))
   if module.rel_pos_bias and fmt == 'mmpretrain':
     index = relative_position_index((module.grid_size,) * 2)
 
@@ -143,6 +191,20 @@ def to_torch(variables, fmt, arch):
   module = keymap.build_module(arch)
   entries, constants = key_map(variables, fmt, module)
   return keymap.to_torch(variables, entries, constants)
+
+
+def check_sincos_layout(state_dict, module):
+  """A sin-cos backbone: the file's pos_embed (if any) must be the same fixed table."""
+  if module.pos_embed != 'sincos' or 'pos_embed' not in state_dict:
+    return
+  found = sincos_layout_of(state_dict['pos_embed'], module.embed_dim)
+  if found is None:
+    raise ConversionError("'pos_embed': differs from both fixed sin-cos tables (MAE's, and MoCo v3's / "
+                          "mmpretrain's); use pos_embed='learned' to keep the checkpoint's values")
+  if found != module.sincos_layout:
+    raise ConversionError(f"'pos_embed': is {LAYOUT_NAMES[found]} sin-cos table, the backbone's is "
+                          f"{LAYOUT_NAMES[module.sincos_layout]} (sincos_layout='{module.sincos_layout}'); "
+                          f"set sincos_layout='{found}' to import it")
 
 
 def interpolate_pos_embed(state_dict, arch, module):
@@ -171,6 +233,7 @@ def from_torch(state_dict, fmt, template, arch):
   ConversionError naming the keys."""
   module = keymap.build_module(arch)
   entries, constants = key_map(template, fmt, module)
+  check_sincos_layout(state_dict, module)
   state_dict = interpolate_pos_embed(state_dict, arch, module)
   if fmt == 'mmpretrain' and 'mask_token' not in template['params']:
     state_dict = {k: v for k, v in state_dict.items() if k != 'mask_token'}  # MaskFeat's pretraining-only token

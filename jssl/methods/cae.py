@@ -30,7 +30,6 @@ import optax
 from jssl.data.masks import block_masking
 from jssl.methods.base import compute_dtype
 from jssl.models import build_backbone, dalle
-from jssl.models.layers import get_2d_sincos_pos_embed
 from jssl.models.necks import CAENeck
 from jssl.models.vit import VisionTransformer
 from jssl.train.ema import ema_update
@@ -44,7 +43,7 @@ class CAENet(nn.Module):
 
   def __call__(self, images, ids_keep, ids_masked, train: bool = True):
     tokens = self.backbone(images, train=train, ids_keep=ids_keep)
-    pos = jnp.asarray(get_2d_sincos_pos_embed(self.backbone.embed_dim, self.backbone.grid_size, cls_token=False))
+    pos = jnp.asarray(self.backbone.sincos_table(cls_token=False))  # the encoder's own table
     return self.neck(tokens[:, 1:], pos[ids_masked], pos[ids_keep], train=train)
 
   def features(self, images):

@@ -33,18 +33,26 @@ def get_2d_sincos_pos_embed_from_grid(embed_dim, grid):
   return np.concatenate([emb_h, emb_w], axis=1)
 
 
-def get_2d_sincos_pos_embed(embed_dim, grid_size, cls_token=True):
-  """MAE's fixed 2D sin-cos embedding, [(1 +) grid_size**2, embed_dim] float32.
+SINCOS_LAYOUTS = ('mae', 'mocov3')
 
-  Matches facebookresearch/mae util/pos_embed.py exactly, including its
-  meshgrid(w, h) ordering (the first half of the channels encodes the column
-  index) and an all-zero row for the cls token.
+
+def get_2d_sincos_pos_embed(embed_dim, grid_size, cls_token=True, layout='mae'):
+  """A fixed 2D sin-cos embedding, [(1 +) grid_size**2, embed_dim] float32, an all-zero row for the cls token.
+
+  layout 'mae': facebookresearch/mae util/pos_embed.py exactly, including its meshgrid(w, h) ordering (the first
+  half of the channels encodes the column index). 'mocov3': MoCo v3's `build_2d_sincos_position_embedding`, which
+  mmpretrain uses for every sin-cos ViT (MAEViT, MoCoV3ViT, CAEPretrainViT, ...): the same columns with the two
+  halves swapped (its torch.meshgrid(w, h) is 'ij'-indexed, so its first half encodes the row index).
   """
+  if layout not in SINCOS_LAYOUTS:
+    raise ValueError(f"unknown sin-cos layout '{layout}'; valid: {', '.join(SINCOS_LAYOUTS)}")
   grid_h = np.arange(grid_size, dtype=np.float32)
   grid_w = np.arange(grid_size, dtype=np.float32)
   grid = np.stack(np.meshgrid(grid_w, grid_h), axis=0)
   grid = grid.reshape([2, 1, grid_size, grid_size])
   pos_embed = get_2d_sincos_pos_embed_from_grid(embed_dim, grid)
+  if layout == 'mocov3':
+    pos_embed = np.concatenate([pos_embed[:, embed_dim // 2:], pos_embed[:, :embed_dim // 2]], axis=1)
   if cls_token:
     pos_embed = np.concatenate([np.zeros([1, embed_dim]), pos_embed], axis=0)
   return pos_embed.astype(np.float32)

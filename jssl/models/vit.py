@@ -3,7 +3,8 @@
 Params: patch_embed/proj, cls_token, pos_embed (learned only), blocks_{i}
 (norm1, attn/{qkv, proj, q_bias, v_bias, relative_position_bias_table},
 norm2, mlp/{fc1, fc2}, ls1/ls2 gamma), norm or fc_norm. The sin-cos position
-embedding is a fixed constant, not a param.
+embedding is a fixed constant, not a param: MAE's table, or with
+sincos_layout='mocov3' MoCo v3's / mmpretrain's (the channel halves swapped).
 """
 from typing import Any, Optional, Union
 
@@ -60,6 +61,7 @@ class VisionTransformer(nn.Module):
   mlp_ratio: float = 4.0
   qkv_bias: Union[bool, str] = True
   pos_embed: str = 'learned'  # 'learned' | 'sincos' | 'none'
+  sincos_layout: str = 'mae'  # pos_embed='sincos': 'mae' | 'mocov3' (mmpretrain's), see get_2d_sincos_pos_embed
   drop_path_rate: float = 0.0
   layer_scale_init: Optional[float] = None
   dtype: Dtype = jnp.float32
@@ -78,6 +80,10 @@ class VisionTransformer(nn.Module):
   @property
   def grid_size(self):
     return self.img_size // self.patch_size
+
+  def sincos_table(self, cls_token=True):
+    """The fixed sin-cos position table [(1 +) grid_size**2, embed_dim] of `sincos_layout` (numpy)."""
+    return get_2d_sincos_pos_embed(self.embed_dim, self.grid_size, cls_token=cls_token, layout=self.sincos_layout)
 
   @nn.compact
   def __call__(self, x, train: bool = False, ids_keep=None, mask=None):
@@ -109,8 +115,7 @@ class VisionTransformer(nn.Module):
                              nn.initializers.truncated_normal(0.02),
                              (1, num_pos, self.embed_dim))
     elif self.pos_embed == 'sincos':
-      pos_embed = jnp.asarray(get_2d_sincos_pos_embed(
-          self.embed_dim, self.grid_size, cls_token=True))[None]
+      pos_embed = jnp.asarray(self.sincos_table(cls_token=True))[None]
     elif self.pos_embed == 'none':
       pos_embed = jnp.zeros((1, 1 + grid[0] * grid[1], self.embed_dim))
     else:

@@ -26,7 +26,8 @@ SMALL = {'num_filters': 8}
 SMALL_KWARGS = json.dumps(SMALL)
 
 
-def make_workdir(path, num_filters=None, step=1, config_spec='configs/simclr.py:demo', backbone_kwargs=None):
+def make_workdir(path, num_filters=None, step=1, config_spec='configs/simclr.py:demo', backbone_kwargs=None,
+                 backbone_name=None):
   """A jssl workdir (config.json + checkpoints/<step>) of a demo config without training or compiling: He-scaled
   random kernels, random biases, norms and BatchNorm statistics (so that every mapped tensor matters), zero
   optimizer state."""
@@ -34,6 +35,7 @@ def make_workdir(path, num_filters=None, step=1, config_spec='configs/simclr.py:
   if num_filters:  # SimCLR
     config.backbone.kwargs.num_filters = num_filters
     config.model.neck_hid_channels = 32
+  config.backbone.name = backbone_name or config.backbone.name
   config.backbone.kwargs.update(backbone_kwargs or {})
   config.total_steps = step
   trainer = Trainer(config, str(path), num_records=1)
@@ -283,6 +285,30 @@ def test_import_timm_mae_and_mocov3_files_ignore_what_is_not_the_backbone(tmp_pa
   assert kwargs['img_size'] == 48 and variables['params']['pos_embed'].shape == (1, 1 + 12 * 12, 192)
 
 
+def test_import_mmpretrain_mae_checkpoint_into_a_sincos_vit(tmp_path):
+  """An mmpretrain MAE checkpoint (MAEViT: MoCo v3's sin-cos table, the channel halves swapped vs MAE's) into a
+  pos_embed='sincos' ViT: the CLI finds the layout, says so, records sincos_layout='mocov3' in backbone.json, and
+  the imported backbone computes mmpretrain's features; the API without that kwarg names it."""
+  from tests.convert.test_vit_convert import mmpretrain_sincos_vit
+  model = mmpretrain_sincos_vit('MAEViT')
+  torch.save({'state_dict': {f'backbone.{k}': v for k, v in model.state_dict().items()}, 'meta': {}},
+             tmp_path / 'mae_mmpretrain.pth')
+  kwargs = {'img_size': 32, 'patch_size': 8, 'embed_dim': 64, 'depth': 2, 'num_heads': 4, 'pos_embed': 'sincos'}
+  code, out, err = convert(tmp_path / 'mae_mmpretrain.pth', tmp_path / 'imported', '--format=mmpretrain',
+                           '--backbone=vit_small', '--backbone_kwargs=' + json.dumps(kwargs))
+  assert code == 0, err
+  assert "; pos_embed: MoCo v3's / mmpretrain's sin-cos table (sincos_layout='mocov3')" in out, out
+  name, imported_kwargs, variables = load_imported_backbone(str(tmp_path / 'imported'))
+  assert imported_kwargs == {**kwargs, 'sincos_layout': 'mocov3'}
+  images = np.random.default_rng(6).standard_normal((2, 32, 32, 3)).astype(np.float32)
+  with torch.no_grad():
+    theirs = model(torch.from_numpy(images.transpose(0, 3, 1, 2).copy()), None)[-1].numpy()
+  ours = build_backbone(name, **imported_kwargs).apply(variables, images, train=False)
+  np.testing.assert_allclose(np.asarray(ours), theirs, rtol=1e-4, atol=1e-4)
+  with pytest.raises(ConversionError, match="set sincos_layout='mocov3' to import it"):
+    import_backbone(str(tmp_path / 'mae_mmpretrain.pth'), 'vit_small', 'mmpretrain', kwargs)
+
+
 def test_family_lookup_errors(monkeypatch):
   import jssl.convert
   with pytest.raises(ConversionError, match="no checkpoint conversion for backbone 'convnext_tiny'"):
@@ -364,6 +390,69 @@ def test_bad_export_is_one_line_and_writes_nothing(args, needles, small_workdir,
   assert os.listdir(tmp_path) == []
 
 
+def test_destination_and_flags_fail_before_anything_is_loaded(small_workdir, resnet18_file, tmp_path, monkeypatch):
+  """A destination whose folder does not exist, a directory where the export's file goes, a non-empty import
+  directory: one line, exit 2, before the workdir's checkpoint or the file is read."""
+  import jssl.convert
+  def too_late(*args, **kwargs):
+    raise AssertionError('the checkpoint was loaded before the destination was checked')
+  monkeypatch.setattr(jssl.convert, 'load_workdir', too_late)
+  monkeypatch.setattr(jssl.convert.io, 'read_checkpoint', too_late)
+  (tmp_path / 'a_dir').mkdir()
+  (tmp_path / 'full').mkdir()
+  (tmp_path / 'full' / 'x').write_text('')
+  missing = tmp_path / 'missing'
+  import_args = ['--format=torchvision', '--backbone=resnet18']
+  for args, needles in [
+      ([small_workdir, missing / 'r18.pth', '--format=torchvision'], [str(missing), 'does not exist']),
+      ([small_workdir, tmp_path / 'a_dir', '--format=torchvision', '--file_format=pth'], ['a_dir: is a directory']),
+      ([resnet18_file, missing / 'imported', *import_args], [str(missing), 'does not exist']),
+      ([resnet18_file, tmp_path / 'full', *import_args], ['already exists and is not an empty directory'])]:
+    assert_one_line_error(*convert(*args)[::2], *needles)
+  assert not missing.exists()
+
+
+def test_without_torch_the_error_names_the_extra(small_workdir, resnet18_file, tmp_path):
+  """PyTorch missing (simulated: sys.modules['torch'] = None makes `import torch` raise ModuleNotFoundError):
+  writing or reading a .pth file is one line naming the `torch` extra, before the checkpoint is loaded; a
+  detectron2 .pkl needs no torch."""
+  cases = [[str(small_workdir), str(tmp_path / 'r18.pth'), '--format=torchvision'],
+           [str(resnet18_file), str(tmp_path / 'imported'), '--format=torchvision', '--backbone=resnet18'],
+           [str(small_workdir), str(tmp_path / 'r18.pkl'), '--format=detectron2']]
+  proc = run_python(f"""
+import json, sys
+sys.modules['torch'] = None
+from jssl.convert.__main__ import main
+from tests.conftest import run_cli
+print(json.dumps([run_cli(main, *args) for args in {cases!r}]))
+""")
+  (pth_code, _, pth_err), (import_code, _, import_err), (pkl_code, pkl_out, pkl_err) = json.loads(
+      proc.stdout.splitlines()[-1])
+  extra = "pip install -e '.[torch]'"
+  assert_one_line_error(pth_code, pth_err, 'r18.pth: writing a .pth file needs torch, which is not installed', extra)
+  assert_one_line_error(import_code, import_err, 'resnet18.pth: reading a .pth file needs torch', extra)
+  assert pkl_code == 0 and 'wrote' in pkl_out, pkl_err
+  assert sorted(os.listdir(tmp_path)) == ['r18.pkl']
+
+
+def test_width_mismatch_hints_at_backbone_kwargs(small_workdir, tmp_path):
+  """A file of another width than --backbone_kwargs say: the one-line error gives the kwargs that fit."""
+  code, _, err = convert(small_workdir, tmp_path / 'r18.pth', '--format=torchvision')  # num_filters=8
+  assert code == 0, err
+  assert_one_line_error(*convert(tmp_path / 'r18.pth', tmp_path / 'out', '--format=torchvision',
+                                 '--backbone=resnet18')[::2],
+                        "checkpoint shape", "the file's resnet18 has num_filters=8 (the backbone: 64)",
+                        """--backbone_kwargs='{"num_filters": 8}'""")
+  torch.save(timm_vit().state_dict(), tmp_path / 'vit_tiny.pth')  # embed_dim 192, depth 2
+  assert_one_line_error(*convert(tmp_path / 'vit_tiny.pth', tmp_path / 'out', '--format=timm', '--backbone=vit_small',
+                                 '--backbone_kwargs=' + json.dumps({'img_size': 32, 'patch_size': 4}))[::2],
+                        'missing keys: blocks.10.',
+                        "the file's vit_small has embed_dim=192 (the backbone: 384), depth=2 (the backbone: 12)",
+                        """--backbone_kwargs='{"img_size": 32, "patch_size": 4, "embed_dim": 192, "depth": 2}'""",
+                        'num_heads')
+  assert sorted(os.listdir(tmp_path)) == ['r18.pth', 'vit_tiny.pth']
+
+
 def test_source_that_is_not_a_workdir_or_file(tmp_path):
   assert_one_line_error(*convert(tmp_path, tmp_path / 'x.pth', '--format=torchvision')[::2], 'config.json')
   assert_one_line_error(*convert(tmp_path / 'nope', tmp_path / 'x', '--format=torchvision')[::2], 'nope')
@@ -385,3 +474,51 @@ def test_workdir_of_a_real_run_exports_to_torchvision(tmp_path):
   _, state, _ = load_workdir(str(workdir))
   imported = import_backbone(str(tmp_path / 'r18.pkl'), 'resnet18', 'detectron2', SMALL)
   jax.tree.map(np.testing.assert_array_equal, imported, backbone_variables(state))
+
+
+# --- docs/tools.md: loading an export in PyTorch -------------------------------------------------------------
+def docs_snippet(name):
+  """The python block after '<!-- snippet: NAME -->' in docs/tools.md."""
+  with open(os.path.join(os.path.dirname(__file__), '..', '..', 'docs', 'tools.md')) as f:
+    text = f.read()
+  block = text.split(f'<!-- snippet: {name} -->\n```python\n', 1)[1].split('\n```\n', 1)[0]
+  first, rest = block.split('\n', 1)
+  assert first.startswith('WORKDIR, EXPORT, IMAGE = '), first  # the line a reader edits; the test sets it
+  return rest
+
+
+def run_docs_snippet(name, workdir, export, image, capsys):
+  code = f'WORKDIR, EXPORT, IMAGE = {str(workdir)!r}, {str(export)!r}, {str(image)!r}\n' + docs_snippet(name)
+  exec(compile(code, f'docs/tools.md:{name}', 'exec'), {})
+  return capsys.readouterr().out
+
+
+@pytest.fixture(scope='module')
+def photo(tmp_path_factory):
+  path = tmp_path_factory.mktemp('image') / 'photo.png'
+  from PIL import Image
+  Image.fromarray(np.random.default_rng(5).integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(path)
+  return path
+
+
+def test_docs_resnet_snippet_loads_full_width_into_torchvision_and_narrow_into_mmpretrain(small_workdir, photo,
+                                                                                          tmp_path, capsys):
+  """docs/tools.md's ResNet snippet as it is: a full-width ResNet-50 export strictly into torchvision's resnet50
+  (fc = Identity), a narrow ResNet-18 (num_filters=8, as the demos' 32) strictly into mmpretrain's ResNet; same
+  features as jssl's."""
+  workdir = make_workdir(tmp_path / 'r50', backbone_name='resnet50', backbone_kwargs={'num_filters': 64})
+  for src, dst, line in [(workdir, tmp_path / 'r50.pth', 'torchvision.models.resnet.ResNet; same 2048-d'),
+                         (small_workdir, tmp_path / 'r18_narrow.pth', 'mmpretrain.models.backbones.resnet.ResNet; '
+                                                                      'same 64-d')]:
+    code, _, err = convert(src, dst, '--format=torchvision')
+    assert code == 0, err
+    out = run_docs_snippet('resnet', src, dst, photo, capsys)
+    assert f'loaded strictly into {line} features' in out, out
+
+
+def test_docs_vit_snippet_loads_into_timm(photo, tmp_path, capsys):
+  workdir = make_workdir(tmp_path / 'mae', config_spec='configs/mae.py:demo', backbone_kwargs={'depth': 2})
+  code, _, err = convert(workdir, tmp_path / 'vit.pth', '--format=timm')
+  assert code == 0, err
+  out = run_docs_snippet('vit', workdir, tmp_path / 'vit.pth', photo, capsys)
+  assert 'same 65 x 192 tokens' in out, out

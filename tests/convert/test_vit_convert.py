@@ -251,10 +251,60 @@ def test_mae_sincos_pos_embed_is_checked_not_loaded():
   np.testing.assert_array_equal(exported['pos_embed'], table)
 
   state_dict = torch_state(timm_vit())  # a learned, random pos_embed
-  with pytest.raises(ConversionError, match=r"'pos_embed': differs from "
-                     r"jssl's fixed \(MAE\) sin-cos table; use "
-                     r"pos_embed='learned'"):
+  with pytest.raises(ConversionError, match=re.escape(
+      "'pos_embed': differs from both fixed sin-cos tables (MAE's, and MoCo v3's / mmpretrain's); use "
+      "pos_embed='learned'")):
     convert.from_torch(state_dict, 'mae', template_of(arch)[1], arch)
+  assert convert.checkpoint_kwargs(torch_state(make()), 'mae', arch) == (
+      {'sincos_layout': 'mae'}, "pos_embed: MAE's sin-cos table (sincos_layout='mae')")
+
+
+def mmpretrain_sincos_vit(cls_name):
+  """mmpretrain's MAEViT / MoCoV3ViT with the sin-cos table their init_weights writes (MoCo v3's
+  build_2d_sincos_position_embedding) and every other parameter random."""
+  if cls_name == 'MAEViT':
+    from mmpretrain.models.selfsup.mae import MAEViT as cls
+  else:
+    from mmpretrain.models.selfsup.mocov3 import MoCoV3ViT as cls
+  model = cls(arch=MM_ARCH, img_size=32, patch_size=8, out_type='raw')
+  model.init_weights()
+  torch.manual_seed(0)
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if name != 'pos_embed':
+        p.add_(0.1 * torch.randn_like(p))
+  model.eval()  # (MoCoV3ViT.train returns None)
+  return model
+
+
+@pytest.mark.parametrize('cls_name', ['MAEViT', 'MoCoV3ViT'])
+def test_mmpretrain_mae_and_mocov3_sincos_tables_import(cls_name):
+  """mmpretrain's sin-cos table has the channel halves swapped vs MAE's: found by checkpoint_kwargs, refused by a
+  backbone of MAE's layout with the sincos_layout to set, and with sincos_layout='mocov3' the features are
+  mmpretrain's; the export writes that table, which a fresh mmpretrain model loads strictly."""
+  from mmpretrain.models.utils import build_2d_sincos_position_embedding
+  state_dict = torch_state(mmpretrain_sincos_vit(cls_name))
+  mm_table = build_2d_sincos_position_embedding(4, 64, cls_token=True).numpy()
+  np.testing.assert_array_equal(state_dict['pos_embed'], mm_table)
+  mae_table = get_2d_sincos_pos_embed(64, 4)[None]
+  np.testing.assert_allclose(mm_table, np.concatenate([mae_table[..., 32:], mae_table[..., :32]], -1), atol=1e-6)
+
+  mae_layout = arch_of(pos_embed='sincos')
+  assert convert.checkpoint_kwargs(state_dict, 'mmpretrain', mae_layout) == (
+      {'sincos_layout': 'mocov3'}, "pos_embed: MoCo v3's / mmpretrain's sin-cos table (sincos_layout='mocov3')")
+  refused = re.escape("'pos_embed': is MoCo v3's / mmpretrain's sin-cos table, the backbone's is MAE's "
+                      "(sincos_layout='mae'); set sincos_layout='mocov3'")
+  with pytest.raises(ConversionError, match=refused):
+    convert.from_torch(state_dict, 'mmpretrain', template_of(mae_layout)[1], mae_layout)
+  at_48 = {**mae_layout, 'img_size': 48, 'interpolate_pos_embed': True}  # also when the table is resized away
+  with pytest.raises(ConversionError, match=refused):
+    convert.from_torch(state_dict, 'mmpretrain', template_of(at_48)[1], at_48)
+
+  arch = arch_of(pos_embed='sincos', sincos_layout='mocov3')
+  forward = (lambda m, x: m(x, None)[-1]) if cls_name == 'MAEViT' else (lambda m, x: m(x)[-1])
+  variables = check_parity(arch, 'mmpretrain', lambda: mmpretrain_sincos_vit(cls_name), forward)
+  assert 'pos_embed' not in variables['params']
+  np.testing.assert_allclose(convert.to_torch(variables, 'mmpretrain', arch)['pos_embed'], mm_table, atol=1e-6)
 
 
 def test_mocov3_frozen_patch_embed_timm_names():

@@ -78,6 +78,9 @@ def test_mocov3_sincos_table_is_a_channel_permutation_of_jssl_table():
   perm = [int(np.argmin(np.abs(ours - moco[:, [j]]).sum(0))) for j in range(d)]
   assert sorted(perm) == list(range(d))
   np.testing.assert_allclose(ours[:, perm], moco, atol=1e-6)
+  # the permutation swaps the two channel halves: jssl's sincos_layout='mocov3' (mmpretrain's table too)
+  assert perm == list(range(d // 2, d)) + list(range(d // 2))
+  np.testing.assert_allclose(get_2d_sincos_pos_embed(d, grid, cls_token=False, layout='mocov3'), moco, atol=1e-6)
 
 
 def test_init_structure_and_one_step_keeps_patch_embed():

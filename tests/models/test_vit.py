@@ -129,16 +129,22 @@ def test_sincos_pos_embed_formula():
   assert actual.shape == (10, 16) and actual.dtype == np.float32
   np.testing.assert_allclose(actual, expected, atol=1e-6)
   assert get_2d_sincos_pos_embed(dim, grid, cls_token=False).shape == (9, 16)
+  # MoCo v3's / mmpretrain's layout: the row half first, then the column half
+  swapped = np.concatenate([expected[:, dim // 2:], expected[:, :dim // 2]], axis=1)
+  np.testing.assert_allclose(get_2d_sincos_pos_embed(dim, grid, layout='mocov3'), swapped, atol=1e-6)
+  with pytest.raises(ValueError, match="unknown sin-cos layout 'moco'; valid: mae, mocov3"):
+    get_2d_sincos_pos_embed(dim, grid, layout='moco')
 
 
-def test_sincos_is_fixed_not_a_param():
+@pytest.mark.parametrize('layout', ['mae', 'mocov3'])
+def test_sincos_is_fixed_not_a_param(layout):
   torch_model = make_timm()
   with torch.no_grad():
     torch_model.pos_embed.copy_(torch.from_numpy(
-        get_2d_sincos_pos_embed(64, 4, cls_token=True)[None]))
+        get_2d_sincos_pos_embed(64, 4, cls_token=True, layout=layout)[None]))
   variables = timm_to_flax(torch_model)
   del variables['params']['pos_embed']
-  model = VisionTransformer(**CONFIG, pos_embed='sincos')
+  model = VisionTransformer(**CONFIG, pos_embed='sincos', sincos_layout=layout)
   x, x_nhwc = random_images()
   assert_same_structure(model, variables, x_nhwc)
   with torch.no_grad():
