@@ -188,7 +188,7 @@ def _restore_step(manager, step, abstract_state, data_iter=None):
 def check_latest(manager: ocp.CheckpointManager, abstract_state) -> str:
   """What the newest checkpoint is, as a fact: read back into `abstract_state` and checked against its checksums
   (and, where it is not intact, the newest that is), in a sentence for an error message. Nothing is moved. For
-  the end of a failed run: it holds a second copy of the state while it checks one."""
+  the end of a failed run: it reads a whole state into the devices' memory, step by step."""
   steps = sorted(manager.all_steps(), reverse=True)
   if not steps:
     return f'no checkpoint was written in {manager.directory}'

@@ -101,7 +101,7 @@ def test_checksum_is_the_same_on_1_or_8_devices_replicated_or_fsdp_sharded():
 
 def stored_array(step_dir, array):
   """(file, offset, length) of `array`'s stored chunk (its name in the checkpoint, e.g. 'opt_state.0.mu') in
-  step_dir's 'state' item, from the OCDBT B+tree that tensorstore writes."""
+  step_dir's 'state' item, from the OCDBT B+tree that tensorstore writes, and a function reading the array."""
   import tensorstore as ts
   base_dir = step_dir / 'state' / 'ocdbt.process_0'
   base = ts.KvStore.open(f'file://{base_dir}/').result()
@@ -112,7 +112,9 @@ def stored_array(step_dir, array):
                'indirect_value' in e]
   assert len(locations) == 1, (array, [e['key'] for e in tree['entries']])
   file, offset, length = locations[0].split('::')[1].rsplit(':', 2)
-  return base_dir / file, int(offset), int(length)
+  spec = {'driver': 'zarr', 'kvstore': {'driver': 'ocdbt', 'base': f'file://{base_dir}/', 'path': array + '/'}}
+  read = lambda: ts.open(spec, open=True, context=ts.Context()).result().read().result()  # no cache: from disk
+  return base_dir / file, int(offset), int(length), read
 
 
 def read_unchecked(step_dir):
@@ -125,23 +127,25 @@ def read_unchecked(step_dir):
 
 
 def flip_a_bit(step_dir, array):
-  """Flips one bit in the stored chunk of `array` where orbax/tensorstore read it back without an error, with
-  other values (as bit rot on a disk would): the first such bit from the middle of the chunk on. Returns the
-  names of the arrays whose values changed."""
+  """Flips one bit in the stored chunk of `array` where tensorstore reads it back without an error, with other
+  values (as bit rot on a disk would): the first such bit from the middle of the chunk on. Returns the names of
+  the arrays whose values orbax then restores changed, without an error."""
   before = read_unchecked(step_dir)
-  file, offset, length = stored_array(step_dir, array)
+  file, offset, length, read = stored_array(step_dir, array)
+  original = read()
   data = bytearray(file.read_bytes())
   for position in range(offset + length // 2, offset + length):
     data[position] ^= 0x10
     file.write_bytes(bytes(data))
     try:
-      after = read_unchecked(step_dir)
-    except Exception:  # a flip that zstd's decoder notices: orbax reports it; look for one it does not
-      after = None
-    changed = [k for k in before if after is not None and not np.array_equal(before[k], after[k], equal_nan=True)]
+      changed = not np.array_equal(read(), original, equal_nan=True)
+    except Exception:  # a flip that zstd's decoder notices: reported as an error; look for one it does not
+      changed = False
     if changed:
-      return changed
+      after = read_unchecked(step_dir)
+      return [k for k in before if not np.array_equal(before[k], after[k], equal_nan=True)]
     data[position] ^= 0x10
+  file.write_bytes(bytes(data))
   raise AssertionError(f'no flip of {array} in {file} reads back as other values')
 
 
