@@ -1,15 +1,21 @@
 """Checkpoints: an orbax CheckpointManager saving the TrainState (sharded, async) together with the grain
-data-iterator position, keeping the last N plus every K-th step, and resuming from the latest that reads back: a
-step whose files are truncated or missing (a crash or a full disk while writing, a file deleted by hand) is moved to
-WORKDIR/checkpoints_corrupt/<step> with a warning, and the one before it is restored."""
+data-iterator position and a checksum of every array, keeping the last N plus every K-th step, and resuming from
+the latest step that reads back and matches its checksums: a step whose files are truncated, missing or damaged (a
+crash or a full disk while writing, a file deleted by hand, flipped bits) is moved to
+WORKDIR/checkpoints_corrupt/<step> with a warning, and the one before it is restored. An unfinished write left by a
+run killed while saving is reported and removed when training opens the workdir (see docs/staying_up.md)."""
 import os
 import sys
 
 import grain.python as grain
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+
+# The checksums' algorithm (saved with them): a change of it must not make older checkpoints look damaged
+CHECKSUM_FORMAT = 'jssl-fmix32x2-v1'
 
 
 class CheckpointError(FileNotFoundError):
@@ -18,46 +24,189 @@ class CheckpointError(FileNotFoundError):
 
 
 def make_manager(workdir: str, max_to_keep: int = 3, keep_period: int | None = None,
-                 async_save: bool = True) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, keep_period=keep_period,
-                                         enable_async_checkpointing=async_save, create=True)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'), options=options,
-                               item_names=('state', 'data_iter'))
+                 async_save: bool = True, read_only: bool = False) -> ocp.CheckpointManager:
+  """The workdir's checkpoints. A training run's manager (not `read_only`) reports and removes what a run killed
+  while saving left behind; `read_only` (evaluation, export) leaves the workdir as it is: a save in progress of a
+  running training looks the same."""
+  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  unfinished = []
+  if not read_only and jax.process_index() == 0:  # once, before anything reads the directory
+    unfinished = [p.get() for p in ocp.path.step.all_temporary_paths(directory)]
+  # (not orbax's read_only option: it logs a warning at every start; this manager only restores)
+  options = ocp.CheckpointManagerOptions(max_to_keep=None if read_only else max_to_keep,
+                                         keep_period=None if read_only else keep_period,
+                                         enable_async_checkpointing=async_save, create=not read_only)
+  manager = ocp.CheckpointManager(directory, options=options, item_names=('state', 'data_iter', 'checksums'))
+  if unfinished:
+    # orbax lists only complete steps, and would remove such a directory only when it saves the same step again
+    latest = manager.latest_step()
+    where = (f'the run resumes from the latest complete checkpoint, step {latest}' if latest is not None else
+             'no complete checkpoint exists, so the run starts from step 0')
+    steps = ', '.join(str(ocp.path.step.step_from_checkpoint_name(p.name)) for p in unfinished)
+    print(f'jssl: warning: {", ".join(map(str, unfinished))}: an unfinished write of step {steps}, left by a run '
+          f'killed while saving it; it is not used and is removed; {where}', file=sys.stderr, flush=True)
+    for path in unfinished:
+      path.rmtree()
+  return manager
+
+
+# --- checksums ----------------------------------------------------------------------------------------------------
+# One per array, of its global value: independent of how it is sharded (1 or 8 devices, replicated or FSDP, another
+# mesh at restore), computed on the devices in one jit. Each 32-bit word w at flat position i adds fmix(w ^ fmix(i))
+# to a sum mod 2^32 (murmur3's finalizer fmix is a bijection, so a change of any one word, e.g. one flipped bit,
+# always changes the sum; integer sums are exact in any order, so sharding cannot change them); two such sums with
+# other constants make 64 bits against multi-word damage.
+_MIXERS = ((0x85ebca6b, 0xc2b2ae35, 0x9e3779b9), (0x7feb352d, 0x846ca68b, 0x632be5ab))
+
+
+def _fmix(h, c1, c2):
+  h = h ^ (h >> 16)
+  h = h * np.uint32(c1)
+  h = h ^ (h >> 13)
+  h = h * np.uint32(c2)
+  return h ^ (h >> 16)
+
+
+def _words(x):
+  """The array's bit pattern as uint32 (8-byte types: two words per element, a trailing axis of 2)."""
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  if x.dtype == jnp.bool_:
+    return x.astype(jnp.uint32)
+  if x.dtype.itemsize < 4:
+    return jax.lax.bitcast_convert_type(x, jnp.dtype(f'uint{8 * x.dtype.itemsize}')).astype(jnp.uint32)
+  return jax.lax.bitcast_convert_type(x, jnp.uint32)
+
+
+def _array_checksum(x):
+  words = _words(jnp.asarray(x))
+  # the flat (row-major) position from per-axis iotas: no reshape, so a sharded array is not gathered
+  position, stride = jnp.zeros(words.shape, jnp.uint32), 1
+  for axis in reversed(range(words.ndim)):
+    position = position + jax.lax.broadcasted_iota(jnp.uint32, words.shape, axis) * np.uint32(stride % 2**32)
+    stride *= words.shape[axis]
+  mixed = tuple(_fmix(words ^ _fmix(position + np.uint32(c3), c1, c2), c1, c2) for c1, c2, c3 in _MIXERS)
+  # both sums in one reduction: the array is read once (two jnp.sum would read it twice, and more)
+  sums = jax.lax.reduce(mixed, (np.uint32(0),) * 2, lambda a, b: (a[0] + b[0], a[1] + b[1]),
+                        tuple(range(words.ndim)))
+  return jnp.stack(sums)
+
+
+@jax.jit
+def _checksums_jit(leaves):
+  return [_array_checksum(x) for x in leaves]
+
+
+def checksums(tree) -> dict:
+  """{array path ('opt_state/0/mu/backbone/conv1/kernel'): 16 hex digits} of a pytree of (possibly sharded)
+  arrays: one jit, one transfer of 8 bytes per array to the host."""
+  paths, leaves = zip(*jax.tree_util.tree_flatten_with_path(tree)[0]) if jax.tree.leaves(tree) else ((), ())
+  values = jax.device_get(_checksums_jit(list(leaves)))
+  return {jax.tree_util.keystr(p, simple=True, separator='/'): f'{int(v[0]):08x}{int(v[1]):08x}'
+          for p, v in zip(paths, values)}
+
+
+def _mismatch(saved, state):
+  """None, or what does not match in `state` the checksums saved with it."""
+  if saved.get('format') != CHECKSUM_FORMAT:
+    return f"checksums of an unknown format {saved.get('format')!r}"
+  expected, actual = saved['arrays'], checksums(state)
+  bad = [k for k in actual if expected.get(k) != actual[k]] + [k for k in expected if k not in actual]
+  if not bad:
+    return None
+  more = f' (and {len(bad) - 1} more arrays)' if len(bad) > 1 else ''
+  return f'checksum mismatch: {bad[0]}{more} differs from what was saved'
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, data_iter=None, force=False) -> bool:
-  items = {'state': ocp.args.StandardSave(state)}
+  items = {'state': ocp.args.StandardSave(state),
+           'checksums': ocp.args.JsonSave({'format': CHECKSUM_FORMAT, 'arrays': checksums(state)})}
   if data_iter is not None:
     items['data_iter'] = grain.PyGrainCheckpointSave(data_iter)
   return manager.save(step, args=ocp.args.Composite(**items), force=force)
 
 
-def restore(manager: ocp.CheckpointManager, abstract_state, data_iter=None, step: int | None = None):
-  """Restores into `abstract_state` (ShapeDtypeStructs with shardings) and, in place, the data iterator: `step`,
-  or else the latest step that reads back on every process, moving the ones after it aside (see module doc)."""
+def _restore_checked(manager, step, abstract_state, data_iter=None):
+  """(state, None, verified) or (None, why not, verified): the step's state restored (and the data iterator's
+  position, in place) and checked against the checksums saved with it, the same on every process; `verified` is
+  False for a step saved without checksums (by a jssl before them): it restores, unchecked."""
   items = {'state': ocp.args.StandardRestore(abstract_state)}
   if data_iter is not None:
     items['data_iter'] = grain.PyGrainCheckpointRestore(data_iter)
+  verifiable = (epath.Path(str(manager.directory)) / str(step) / 'checksums').exists()
+  if verifiable:
+    items['checksums'] = ocp.args.JsonRestore()
+  restored, error = _try_restore(manager, step, ocp.args.Composite(**items))
+  if jax.process_count() > 1:  # all processes resume from the same step, or the collectives would not match
+    from jax.experimental import multihost_utils
+    failed_on = multihost_utils.process_allgather(np.int32(restored is None))
+    if failed_on.any() and error is None:
+      error = f'process {int(np.argmax(failed_on))} could not read it'
+  if error is None and verifiable:  # a global computation: the same answer on every process
+    error = _mismatch(restored['checksums'], restored['state'])
+  return (None, error, verifiable) if error is not None else (restored['state'], None, verifiable)
+
+
+def _warn_unverified(manager, step):
+  print(f'jssl: warning: checkpoint {manager.directory / str(step)} has no checksums (saved before jssl wrote '
+        f'them): restored without verifying it', file=sys.stderr, flush=True)
+
+
+def restore(manager: ocp.CheckpointManager, abstract_state, data_iter=None, step: int | None = None):
+  """Restores into `abstract_state` (ShapeDtypeStructs with shardings) and, in place, the data iterator: `step`,
+  or else the latest step that reads back and matches its checksums on every process, moving the ones after it
+  aside (see module doc)."""
   if step is not None:
-    return manager.restore(step, args=ocp.args.Composite(**items))['state'], step
+    return _restore_step(manager, step, abstract_state, data_iter), step
   failed = []
   for step in sorted(manager.all_steps(), reverse=True):
-    restored, error = _try_restore(manager, step, ocp.args.Composite(**items))
-    if jax.process_count() > 1:  # all processes resume from the same step, or the collectives would not match
-      from jax.experimental import multihost_utils
-      failed_on = multihost_utils.process_allgather(np.int32(restored is None))
-      if failed_on.any() and error is None:
-        error = f'process {int(np.argmax(failed_on))} could not read it'
+    state, error, verified = _restore_checked(manager, step, abstract_state, data_iter)
     if error is None:
       for bad_step, bad_error in failed:  # only once an older step restores: see below
         _set_aside(manager, bad_step, bad_error)
-      return restored['state'], step
+      if not verified:
+        _warn_unverified(manager, step)
+      return state, step
     failed.append((step, error))
   # Nothing restores: rather a config that does not match the run (another model or optimizer) than every step
   # corrupt, so nothing is moved; the first error says which
   step, error = failed[0]
   raise CheckpointError(f'no checkpoint in {manager.directory} could be restored into this config (step {step}: '
                         f'{error}); a run resumes only with the config it was started with; nothing was moved')
+
+
+def _restore_step(manager, step, abstract_state, data_iter=None):
+  """Exactly `step`, checked (a CheckpointError where it does not read back or match its checksums)."""
+  state, error, verified = _restore_checked(manager, step, abstract_state, data_iter)
+  if error is not None:
+    raise CheckpointError(f'checkpoint {manager.directory / str(step)} could not be restored ({error})')
+  if not verified:
+    _warn_unverified(manager, step)
+  return state
+
+
+def check_latest(manager: ocp.CheckpointManager, abstract_state) -> str:
+  """What the newest checkpoint is, as a fact: read back into `abstract_state` and checked against its checksums
+  (and, where it is not intact, the newest that is), in a sentence for an error message. Nothing is moved. For
+  the end of a failed run: it reads a whole state into the devices' memory, step by step."""
+  steps = sorted(manager.all_steps(), reverse=True)
+  if not steps:
+    return f'no checkpoint was written in {manager.directory}'
+  latest = f'the last checkpoint (step {steps[0]}) in {manager.directory}'
+  damage = None
+  for step in steps:
+    state, error, verified = _restore_checked(manager, step, abstract_state)
+    del state  # only the answer is needed
+    if error is not None:
+      damage = damage or error
+      continue
+    fact = 'is intact (read back, its arrays match their checksums)' if verified else \
+        'reads back but cannot be verified (saved without checksums)'
+    if step == steps[0]:
+      return f'{latest} {fact}'
+    return (f'{latest} is damaged ({damage}); step {step} {fact}: a rerun sets the damaged steps aside and '
+            f'resumes from it')
+  return f'{latest} is damaged ({damage}), and so is every older one: no checkpoint in {manager.directory} is intact'
 
 
 def _try_restore(manager, step, args):
@@ -101,18 +250,20 @@ def restore_data_iter(manager: ocp.CheckpointManager, step: int, data_iter):
 
 def restore_params(workdir: str, abstract_state, step: int | None = None):
   """Only the TrainState of a workdir's checkpoint (for evaluation / export): `step`, or else the latest that reads
-  back. Read-only: an unreadable step is only warned about (the next training run on the workdir moves it aside)."""
-  manager = make_manager(workdir, async_save=False)
-  args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+  back and matches its checksums. Read-only: a damaged step is only warned about (the next training run on the
+  workdir moves it aside)."""
+  manager = make_manager(workdir, async_save=False, read_only=True)
   if step is not None:
-    return manager.restore(step, args=args)['state'], step
+    return _restore_step(manager, step, abstract_state), step
   steps = sorted(manager.all_steps(), reverse=True)
   if not steps:
-    raise FileNotFoundError(f'no checkpoint in {os.path.join(workdir, "checkpoints")}')
+    raise FileNotFoundError(f'no checkpoint in {manager.directory}')
   for step in steps:
-    restored, error = _try_restore(manager, step, args)
+    state, error, verified = _restore_checked(manager, step, abstract_state)
     if error is None:
-      return restored['state'], step
+      if not verified:
+        _warn_unverified(manager, step)
+      return state, step
     print(f'jssl: warning: checkpoint {manager.directory / str(step)} could not be restored ({error}); trying '
           f'the step before it', file=sys.stderr, flush=True)
   raise CheckpointError(f'no checkpoint in {manager.directory} could be restored')

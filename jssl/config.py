@@ -22,8 +22,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.param_sharding = 'replicate'      # replicate | fsdp (shard params + optimizer state over the fsdp axis)
   c.log_every = 50
   # a step with NaN/inf loss or gradients is never applied; 'stop': the run ends with an error naming the step at the
-  # next log or checkpoint (no checkpoint is written after it); 'skip': training goes on, counted in the metrics
+  # next log or checkpoint (no checkpoint is written after it); 'skip': training goes on, counted in the metrics,
+  # but a checkpoint whose steps since the last one were more than nonfinite_max_skipped skipped is not written:
+  # the run ends with an error instead (1: never)
   c.nonfinite = 'stop'
+  c.nonfinite_max_skipped = 0.5
   c.checkpoint = ml_collections.ConfigDict({'every': 1000, 'keep': 3, 'keep_every': 0, 'async_save': True})
   c.eval = ml_collections.ConfigDict({
       'every': 0,                     # > 0: kNN monitor every N steps (evaluators: val accuracy)
@@ -154,6 +157,9 @@ def check_config(config):
       raise ConfigError(f"{field}: unknown value '{value}'; valid: {', '.join(sorted(valid))}")
   if config.batch_size <= 0:
     raise ConfigError(f'config.batch_size must be positive, got {config.batch_size}')
+  if not 0 <= config.get('nonfinite_max_skipped', 0.5) <= 1:
+    raise ConfigError(f'config.nonfinite_max_skipped must be a fraction in [0, 1], got '
+                      f'{config.nonfinite_max_skipped}')
 
 
 def fail(message: str):

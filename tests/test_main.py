@@ -24,6 +24,7 @@ def assert_one_line_error(proc, *needles):
     (['--config.backbone.name=resnet9'], ["config.backbone.name: unknown value 'resnet9'", 'resnet18']),
     (['--config.optimizer.name=adam'], ["config.optimizer.name: unknown value 'adam'", 'adamw, lars, sgd']),
     (['--config.data.name=imagenett'], ["config.data.name: unknown value 'imagenett'", 'imagefolder']),
+    (['--config.nonfinite_max_skipped=1.5'], ['config.nonfinite_max_skipped must be a fraction in [0, 1], got 1.5']),
 ])
 def test_config_errors(tmp_path, args, needles):
   proc = run_main('--config=configs/simclr.py:demo', f'--workdir={tmp_path}', *args)

@@ -2,6 +2,7 @@
 train step over global batches, and do the periodic actions (log, checkpoint, kNN eval)."""
 import json
 import os
+import sys
 import time
 
 import jax
@@ -293,19 +294,44 @@ class Trainer:
   # --- training ---------------------------------------------------------------------------------------------
   def check_finite(self, state, manager, seen):
     """The run's count of NaN/inf steps (their updates were not applied). config.nonfinite='stop' ends the run
-    at the first one, before any checkpoint holds a later step; 'skip' warns and goes on."""
+    at the first one, before any checkpoint holds a later step; 'skip' warns and goes on (see save_checkpoint)."""
     count = int(state.nonfinite_steps)
     if count > seen:
       first = int(state.first_nonfinite_step)
       if self.config.get('nonfinite', 'stop') == 'stop':
-        manager.wait_until_finished()  # an async save of an earlier (good) step must land before the run ends
-        latest = manager.latest_step()
-        kept = f'the last checkpoint (step {latest}) in {manager.directory} is intact' if latest is not None \
-            else 'no checkpoint was written'
-        raise NonFiniteError(f'loss or gradients are NaN/inf at step {first}; {kept}; '
-                             f'--config.nonfinite=skip skips such steps instead')
+        raise NonFiniteError(f'loss or gradients are NaN/inf at step {first}; {self.last_checkpoint(manager, state)}'
+                             f'; --config.nonfinite=skip skips such steps instead')
       logging.warning('skipped %d steps with NaN/inf loss or gradients (the first at step %d)', count, first)
     return count
+
+  def save_checkpoint(self, manager, step, state, data_iter, nonfinite, last_saved, force=False):
+    """Saves the step's checkpoint and returns (step, nonfinite): the next call's `last_saved`. Under
+    config.nonfinite='skip', a state whose steps since the last save (or the start of this run) were mostly
+    skipped (more than config.nonfinite_max_skipped of them) is not saved: the run ends with an error instead, as
+    under 'stop', since one that learns nothing is not a success; fewer skipped steps are named in a warning."""
+    since, skipped_before = last_saved
+    skipped, steps = nonfinite - skipped_before, step - since
+    if skipped:
+      limit = self.config.get('nonfinite_max_skipped', 0.5)
+      if skipped > limit * steps:
+        raise NonFiniteError(f'{skipped} of the {steps} steps since step {since} had NaN/inf loss or gradients and '
+                             f'were skipped (more than config.nonfinite_max_skipped={limit}): stopped without '
+                             f'saving step {step}; {self.last_checkpoint(manager, state)}')
+      if jax.process_index() == 0:
+        print(f'jssl: warning: checkpoint {step} holds {skipped} of the {steps} steps since step {since} skipped '
+              f'(NaN/inf loss or gradients; not applied)', file=sys.stderr, flush=True)
+    checkpoint.save(manager, step, state, data_iter, force=force)
+    return step, nonfinite
+
+  def last_checkpoint(self, manager, state):
+    """For a run that ends without saving: whether its last checkpoint is intact, checked (checkpoint.check_latest)
+    once pending saves have landed. The run's own state is freed first: it is not saved, and the checkpoint is
+    read back into the devices' memory beside it otherwise."""
+    manager.wait_until_finished()
+    for x in jax.tree.leaves(state):
+      if not x.is_deleted():
+        x.delete()
+    return checkpoint.check_latest(manager, self.abstract_state)
 
   def run(self):
     config, workdir = self.config, self.workdir
@@ -348,6 +374,7 @@ class Trainer:
     accum = config.optimizer.get('grad_accum_steps', 1)
     start_time, last_time, last_step = time.time(), time.time(), step
     metrics, nonfinite, corrupt_images = None, int(state.nonfinite_steps), 0
+    last_saved = (step, nonfinite)  # the window save_checkpoint checks for skipped steps
     classifier = hasattr(self.method, 'predict')  # an evaluator: val accuracy instead of kNN
     eval_every = config.eval.every or int(config.eval.get('every_epochs', 0) * self.steps_per_epoch)
     while step < self.total_steps:
@@ -382,11 +409,11 @@ class Trainer:
           writer.add_scalar('train/lr', lr, step)
           writer.add_scalar('train/img_per_sec', img_s, step)
       if saving_step:
-        checkpoint.save(manager, step, state, data_iter)
+        last_saved = self.save_checkpoint(manager, step, state, data_iter, nonfinite, last_saved)
       if stop(step) and step < self.total_steps:  # SIGTERM: the same step on every process (see train/guard.py)
         nonfinite = self.check_finite(state, manager, nonfinite)
         if manager.latest_step() != step:
-          checkpoint.save(manager, step, state, data_iter, force=True)
+          last_saved = self.save_checkpoint(manager, step, state, data_iter, nonfinite, last_saved, force=True)
         manager.wait_until_finished()
         if is_main:
           print(f'preempted at step {step}: checkpoint saved in {manager.directory / str(step)}; run the same '

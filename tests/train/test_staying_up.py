@@ -1,7 +1,8 @@
 """Staying up (docs/staying_up.md): each test provokes the fault on a real `python -m jssl.main` and checks the
 outcome. SIGTERM (one process, or one of two jax.distributed processes) -> checkpoint at an agreed step, exit 0,
 bitwise-exact resume; a second run on a locked workdir -> one-line error, exit 2, and no stale lock after kill -9;
-a truncated latest checkpoint -> warning, set aside, resume from the step before."""
+a truncated latest checkpoint, or one with a flipped bit -> warning, set aside, resume from the step before; kill -9
+while a checkpoint is written -> the restart says what it found and where it starts."""
 import os
 import signal
 import subprocess
@@ -210,3 +211,52 @@ def test_truncated_latest_checkpoint_is_set_aside_and_the_previous_restored(tmp_
   _, step = checkpoint.restore_params(str(tmp_path), Trainer(config, str(tmp_path)).abstract_state)
   assert step == 8 and steps_in(tmp_path) == [4, 8, 12]
   assert f'checkpoint {tmp_path / "checkpoints" / "12"} could not be restored' in capsys.readouterr().err
+
+
+def test_a_flipped_bit_in_the_optimizer_state_is_detected_and_the_step_before_restored(tmp_path):
+  """The issue's case: bits flipped on disk in the newest checkpoint's optimizer state restored without a word (the
+  run then went non-finite at every rerun). Now the restart names the array, sets the step aside and recomputes it
+  from the one before, exactly."""
+  from tests.test_checkpoint import flip_a_bit
+  args = main_args(tmp_path, '--config.total_steps=8', '--config.checkpoint.every=4')
+  run_python(args)
+  assert steps_in(tmp_path) == [4, 8]
+  expected = state_leaves(tmp_path, 8)
+  name = 'opt_state.3.trace.backbone.layer4_1.conv1.kernel'  # LARS's momentum
+  assert flip_a_bit(tmp_path / 'checkpoints' / '8', name) == [name.replace('.', '/')]  # orbax alone reads it back
+  proc = run_python(args)
+  warnings = [l for l in proc.stderr.splitlines() if l.startswith('jssl: warning:')]
+  assert warnings == [f'jssl: warning: checkpoint {tmp_path / "checkpoints" / "8"} could not be restored (checksum '
+                      f'mismatch: {name.replace(".", "/")} differs from what was saved); moved to '
+                      f'{tmp_path / "checkpoints_corrupt" / "8"}, an older step restored'], proc.stderr[-3000:]
+  assert 'resumed from step 4' in proc.stdout and 'step 8/8' in proc.stdout
+  assert steps_in(tmp_path, 'checkpoints_corrupt') == [8] and steps_in(tmp_path) == [4, 8]
+  assert_equal_leaves(state_leaves(tmp_path, 8), expected)
+
+
+# `python -m jssl.main ARGS`, SIGKILLed by itself in the middle of its first checkpoint write: its data are written
+# into orbax's temporary directory, which is not yet renamed to the step's
+KILLED_WHILE_SAVING = r'''
+import os, runpy, signal, sys
+import orbax.checkpoint as ocp
+async def killed(self, *args, **kwargs):
+  os.kill(os.getpid(), signal.SIGKILL)
+ocp.path.atomicity.AtomicRenameTemporaryPath.finalize = killed
+sys.argv = ['jssl.main', *sys.argv[1:]]
+runpy.run_module('jssl.main', run_name='__main__')
+'''
+
+
+def test_kill_9_while_a_checkpoint_is_written_says_what_it_found_and_where_it_starts(tmp_path):
+  args = main_args(tmp_path, '--config.total_steps=4', '--config.checkpoint.every=4')[1:]  # without '-m'
+  proc = run_python(['-c', KILLED_WHILE_SAVING, *args[1:]], check=False)
+  assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+  unfinished = tmp_path / 'checkpoints' / '4.orbax-checkpoint-tmp'
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == [unfinished.name]
+  proc = run_python(['-m', *args])
+  warnings = [l for l in proc.stderr.splitlines() if l.startswith('jssl: warning:')]
+  assert warnings == [f'jssl: warning: {unfinished}: an unfinished write of step 4, left by a run killed while '
+                      f'saving it; it is not used and is removed; no complete checkpoint exists, so the run starts '
+                      f'from step 0'], proc.stderr[-3000:]
+  assert 'resumed from' not in proc.stdout and 'step 2/4' in proc.stdout
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['4']
