@@ -19,26 +19,28 @@ The recipes of the reference (MMSelfSup) translate as:
 - `lr_mult_names` / `lr_mult`: the updates of parameters under these keys are scaled by `lr_mult` (MMSelfSup's
   `paramwise_cfg.custom_keys={name: dict(lr_mult=...)}`; for SGD/LARS/AdamW scaling the update is scaling the lr,
   decoupled decay included), e.g. a predictor at 10x the lr.
-- `layer_decay` / `layer_decay_kind` ('vit' | 'swin'): layer-wise lr decay of the fine-tune recipes (mmpretrain's
-  LearningRateDecayOptimWrapperConstructor): each parameter under params['backbone'] has the lr multiplier
-  layer_decay ** (L + 1 - layer_id), L the number of transformer blocks; the stem (patch embedding, cls token,
-  ViT pos_embed) is layer 0, block i of the whole network layer i + 1 (Swin: counted across stages; a patch merging
-  takes the id of the last block before it), everything else (final norms, Swin's absolute_pos_embed) and all
-  parameters outside the backbone (the head) L + 1, i.e. multiplier 1. `layer_decay_scales` gives the tree.
+- `layer_decay` / `layer_decay_kind` (the backbone's family: 'vit' | 'swin' | 'resnet'): layer-wise lr decay of the
+  fine-tune recipes (mmpretrain's LearningRateDecayOptimWrapperConstructor): each parameter under
+  params['backbone'] has the lr multiplier layer_decay ** (L + 1 - layer_id), its layer id as the family numbers
+  it (its `layer_ids`, mmpretrain's get_layer_depth): for a ViT / Swin, L is the number of transformer blocks; the
+  stem (patch embedding, cls token, ViT pos_embed) is layer 0, block i of the whole network layer i + 1 (Swin:
+  counted across stages; a patch merging takes the id of the last block before it), everything else (final norms,
+  Swin's absolute_pos_embed) and all parameters outside the backbone (the head) L + 1, i.e. multiplier 1.
+  `layer_decay_scales` gives the tree.
   The fine-tune recipes' weight decay: none for 1-D params (norms, biases, layer scales, q/v biases) and
   FINETUNE_NO_DECAY_NAMES. docs/layer_decay.md has the details and each recipe's hyper-parameters.
 Schedules are linear warmup from `lr * warmup_start_factor` followed by cosine annealing to `min_lr`, a constant,
 or `step`: lr times `gamma` at each of `milestones` (epochs; MoCo v1's 120/160 and the linear probes').
 """
-import re
 
 import flax.traverse_util
 import jax
 import optax
 
+from jssl.models import FAMILIES
+
 OPTIMIZERS = ('adamw', 'lars', 'sgd')
 SCHEDULES = ('cosine', 'constant', 'step')
-LAYER_DECAY_KINDS = ('vit', 'swin')
 # No weight decay in the fine-tune recipes (MAE, CAE, MaskFeat, SimMIM), with the 1-D params (exclude_1d)
 FINETUNE_NO_DECAY_NAMES = ('pos_embed', 'cls_token', 'absolute_pos_embed', 'relative_position_bias_table')
 
@@ -68,51 +70,12 @@ def add_decayed_weights(weight_decay, mask, params, decay_mult=None):
                        for name, mult in decay_mult.items()])
 
 
-def _index(key, prefix):
-  """3 for key 'blocks_3' and prefix 'blocks'; None for other keys."""
-  m = re.fullmatch(rf'{prefix}_(\d+)', str(key))
-  return int(m.group(1)) if m else None
-
-
 def layer_ids(backbone, kind):
-  """(tree of layer ids shaped like `backbone`, L + 1): mmpretrain's `get_layer_depth` of VisionTransformer /
-  BEiTViT ('vit') and SwinTransformer ('swin') on jssl's names, L the number of blocks counted in the tree."""
-  flat = flax.traverse_util.flatten_dict(backbone)
-  if kind == 'vit':
-    num_blocks = len({_index(p[0], 'blocks') for p in flat} - {None})
-    stem = ('patch_embed', 'cls_token', 'pos_embed')
-
-    def block_id(p):
-      i = _index(p[0], 'blocks')
-      return None if i is None else i + 1
-  elif kind == 'swin':
-    stages = {}  # stage -> its number of blocks
-    for p in flat:
-      stage = _index(p[0], 'layers')
-      if stage is not None:
-        stages.setdefault(stage, set()).add(_index(p[1], 'blocks'))
-    depths = [len(stages.get(s, set()) - {None}) for s in range(max(stages, default=-1) + 1)]
-    num_blocks = sum(depths)
-    stem = ('patch_embed',)
-
-    def block_id(p):
-      stage = _index(p[0], 'layers')
-      if stage is None:
-        return None
-      if p[1] == 'downsample':  # mmpretrain's stages.{stage-1}.downsample: the id of the block before it
-        return sum(depths[:stage])
-      return sum(depths[:stage]) + _index(p[1], 'blocks') + 1
-  else:
-    raise ValueError(f"config.optimizer.layer_decay_kind: unknown kind '{kind}'; "
-                     f"valid: {', '.join(LAYER_DECAY_KINDS)}")
-
-  def layer_id(path):
-    if path[0] in stem:
-      return 0
-    i = block_id(path)
-    return num_blocks + 1 if i is None else i  # final norms, Swin's absolute_pos_embed, ...: the last id
-
-  return flax.traverse_util.unflatten_dict({p: layer_id(p) for p in flat}), num_blocks + 1
+  """(tree of layer ids shaped like the `backbone` params, L + 1) as the family `kind` numbers them (its
+  `layer_ids`: mmpretrain's `get_layer_depth` on jssl's names, L counted in the tree)."""
+  if kind not in FAMILIES:
+    raise ValueError(f"config.optimizer.layer_decay_kind: unknown kind '{kind}'; valid: {', '.join(FAMILIES)}")
+  return FAMILIES[kind].layer_ids(backbone)
 
 
 def layer_decay_scales(params, decay_rate, kind, backbone_key='backbone'):

@@ -5,7 +5,8 @@ them (its feature extraction for the VOC07 SVM / low-shot SVM and t-SNE tools, M
                                                 transform, stages='all')
   features['test']['feat5']   # [N, 8192] float32 for ResNet-50 at 224 px
 
-Stages, named as MMSelfSup's FEATURE_LIST:
+Stages: the outputs of the backbone (its `feature_info`, jssl/models/backbone.py) that give one vector per image,
+its maps pooled and its vectors as they are; named as MMSelfSup's FEATURE_LIST:
   ResNet  feat1 (backbone output 0: the stem after its ReLU, before the max-pool) .. feat5 (output 4, stage 4).
           pool 'specified' (the default, the SVM tool's): torch AvgPool2d per stage with ResNet-50's (kernel, stride,
           padding), about 9,000 dimensions each at 224 px (ResNet-50: 9216, 9216, 8192, 9216, 8192); 'adaptive':
@@ -16,6 +17,8 @@ Stages, named as MMSelfSup's FEATURE_LIST:
           do not exist in the checkpoint), globally averaged ('avg').
   ViT     'cls' (the class token) and 'mean' (the mean of the patch tokens), after the final norm ('mean' only for
           a fc_norm backbone).
+The default stage is the backbone's `default_feature` (the last stage; a ViT's 'cls'), the default pool the first
+of its `pools`.
 
 One program is compiled per run (the variables are an argument; every batch, also the padded last one, has one
 shape), the batch is sharded over all devices of the mesh, and the features come back as float32 numpy arrays.
@@ -30,26 +33,18 @@ from jssl.config import IMAGENET_MEAN, IMAGENET_STD
 from jssl.evaluate import knn
 from jssl.methods.base import DTYPES
 from jssl.models import build_backbone
+from jssl.models.backbone import Backbone, select
 from jssl.models.heads import MultiPooling
 from jssl.models.layers import sobel
 from jssl.models.necks import global_avg_pool
-from jssl.models.resnet import ResNet
-from jssl.models.swin import SwinTransformer
-from jssl.models.vit import VisionTransformer, token_features
 from jssl.train import sharding
 
 POOLS = ('specified', 'adaptive', 'avg')
 
 
-def backbone_stages(module) -> tuple:
-  """The stage names a backbone module gives, shallow to deep."""
-  if isinstance(module, ResNet):
-    return tuple(f'feat{i + 1}' for i in range(len(module.stage_sizes) + 1))
-  if isinstance(module, SwinTransformer):
-    return tuple(f'feat{i + 1}' for i in sorted(module.out_indices))
-  if isinstance(module, VisionTransformer):
-    return ('mean',) if module.use_fc_norm else ('cls', 'mean')
-  raise ValueError(f'no per-stage features for a {type(module).__name__} backbone')
+def backbone_stages(module: Backbone) -> tuple:
+  """The stage names a backbone module gives, shallow to deep: its map and vector outputs."""
+  return tuple(o.name for o in module.feature_info() if o.kind in ('map', 'vector'))
 
 
 def parse_stages(spec, available, default, what='stages') -> tuple:
@@ -67,45 +62,30 @@ def parse_stages(spec, available, default, what='stages') -> tuple:
   return stages
 
 
-def default_pool(module):
-  return 'specified' if isinstance(module, ResNet) else 'avg'
+def pool_output(x, output, pool):
+  """[B, D] of one backbone output: a vector as it is; a map globally averaged ('avg') or by MMSelfSup's pool of
+  ResNet-50's output `output.index` ('specified', 'adaptive'), flattened in torch's (C, H, W) order."""
+  if output.kind == 'vector':
+    return x
+  if pool == 'avg':
+    return global_avg_pool(x)
+  x = MultiPooling(pool, (output.index,), 'resnet50').apply({}, [x])[0]
+  return x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)
 
 
-def stage_fn(module, stages, pool):
+def stage_fn(module: Backbone, stages, pool):
   """(variables, float images [B, H, W, C]) -> {stage: [B, D] float32} for `stages` of `backbone_stages(module)`."""
   if pool not in POOLS:
     raise ValueError(f"pool: unknown '{pool}'; valid: {', '.join(POOLS)}")
-  if not isinstance(module, ResNet) and pool != 'avg':
-    raise ValueError(f"pool '{pool}' is MMSelfSup's ResNet pooling; a {type(module).__name__} takes pool 'avg'")
-  as_f32 = lambda x: x.astype(jnp.float32)
+  if pool not in module.pools:
+    raise ValueError(f"pool '{pool}' is MMSelfSup's ResNet pooling; a {type(module).__name__} takes pool "
+                     f"{', '.join(repr(p) for p in module.pools)}")
+  outputs = select(module, stages)
 
-  if isinstance(module, ResNet):
-    indices = tuple(int(s[len('feat'):]) - 1 for s in stages)
-    net = module.clone(out_indices=tuple(sorted(indices)))
-
-    def resnet_fn(variables, x):
-      maps = dict(zip(sorted(indices), net.apply(variables, x, train=False)))
-      maps = [maps[i] for i in indices]
-      if pool == 'avg':
-        pooled = [global_avg_pool(m) for m in maps]
-      else:
-        pooled = [p.transpose(0, 3, 1, 2).reshape(p.shape[0], -1)
-                  for p in MultiPooling(pool, indices, 'resnet50').apply({}, maps)]
-      return {s: as_f32(p) for s, p in zip(stages, pooled)}
-    return resnet_fn
-
-  if isinstance(module, SwinTransformer):
-    def swin_fn(variables, x):
-      maps = dict(zip(sorted(module.out_indices), module.apply(variables, x, train=False)))
-      return {s: as_f32(global_avg_pool(maps[int(s[len('feat'):]) - 1])) for s in stages}
-    return swin_fn
-
-  net = module if module.use_fc_norm else module.clone(output='tokens')
-
-  def vit_fn(variables, x):
-    out = net.apply(variables, x, train=False)
-    return {s: as_f32(out if module.use_fc_norm else token_features(out, s)) for s in stages}
-  return vit_fn
+  def fn(variables, x):
+    out = module.apply(variables, x, train=False, outputs=stages)
+    return {o.name: pool_output(out[o.name], o, pool).astype(jnp.float32) for o in outputs}
+  return fn
 
 
 def pretrained_preprocessing(path) -> dict:
@@ -125,16 +105,15 @@ def stage_extractor(name, kwargs, stages=None, pool=None, dtype='float32', mean=
                     with_sobel=False, default_feature=None, mesh=None):
   """(stages, extractor): `extractor(variables, uint8 images, labels) -> ({stage: [B, D]}, labels)`, jitted once
   (knn.make_extractor), for knn.extract_features. `stages`: 'all', 'feat1,feat5', a sequence, or None for the last
-  stage (ViT: `default_feature` or 'cls'); `pool`: None for the backbone's default ('specified' for ResNet)."""
+  stage (`default_feature` where the backbone has it: a ViT method's config.model.feature; else the backbone's
+  default_feature); `pool`: None for the backbone's default ('specified' for ResNet)."""
   if dtype not in DTYPES:
     raise ValueError(f"dtype: unknown '{dtype}'; valid: {', '.join(DTYPES)}")
   module = build_backbone(name, dtype=DTYPES[dtype], **dict(kwargs or {}))
   available = backbone_stages(module)
-  default = (default_feature or 'cls',) if isinstance(module, VisionTransformer) else available[-1:]
-  if default[0] not in available:
-    default = available[-1:]
+  default = (default_feature if default_feature in available else module.default_feature,)
   stages = parse_stages(stages, available, default)
-  fn = stage_fn(module, stages, pool or default_pool(module))
+  fn = stage_fn(module, stages, pool or module.pools[0])
   mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
   normalize = lambda x: (x.astype(jnp.float32) / 255. - mean) / std
   extract = (lambda variables, x: fn(variables, sobel(x))) if with_sobel else fn

@@ -23,6 +23,7 @@ import optax
 
 from jssl.methods.base import compute_dtype
 from jssl.models import build_backbone
+from jssl.models.backbone import map_output
 from jssl.models.heads import ClsHead, MAELinprobeHead, MultiClsHead
 from jssl.models.necks import global_avg_pool
 
@@ -57,12 +58,17 @@ class Method:
     self.feature = m.get('feature', 'cls')
     self.num_classes = m.num_classes
     if m.head == 'multi':
-      if not hasattr(self.backbone, 'stage_sizes'):
+      if m.get('pool_type', 'adaptive') not in self.backbone.pools:  # MMSelfSup's pools of ResNet-50's maps
         raise ValueError(f"config.model.head: 'multi' needs a ResNet backbone (feat1..feat5), not {b.name}")
-      self.backbone = self.backbone.clone(out_indices=tuple(m.in_indices))
+      outputs = [map_output(self.backbone, i) for i in m.in_indices]
+      if None in outputs:
+        valid = ', '.join(str(o.index) for o in self.backbone.feature_info() if o.kind == 'map')
+        raise ValueError(f'config.model.in_indices: {tuple(m.in_indices)} are not all outputs of {b.name}; '
+                         f'valid: {valid}')
+      self.outputs = tuple(o.name for o in outputs)  # feat{i + 1}, in the order of config.model.in_indices
       self.head = MultiClsHead(m.num_classes, tuple(m.in_indices), m.get('pool_type', 'adaptive'),
                                m.get('pool_backbone', 'resnet50'), with_norm=True, norm_affine=False, dtype=dtype)
-      self.head_names = [f'feat{i + 1}' for i in m.in_indices]
+      self.head_names = list(self.outputs)
     elif m.head == 'mae':
       self.head = MAELinprobeHead(m.num_classes, dtype=dtype)
       self.head_names = ['head']
@@ -72,14 +78,19 @@ class Method:
     self.multi = m.head == 'multi'
 
   # --- the frozen backbone ----------------------------------------------------------------------------------
+  def features(self, variables, images):
+    """What the head reads: the 'multi' head's maps (a list), else one vector per image."""
+    if self.multi:
+      maps = self.backbone.apply(variables, images, train=False, outputs=self.outputs)
+      return [maps[name] for name in self.outputs]
+    return pooled_feature(self.backbone.apply(variables, images, train=False), self.feature)
+
   def backbone_out(self, params, model_state, images):
     variables = {'params': params['backbone']}
     stats = model_state.get('batch_stats', {}).get('backbone')
     if stats is not None:
       variables['batch_stats'] = stats
-    out = self.backbone.apply(variables, images, train=False)
-    out = jax.lax.stop_gradient(out)
-    return list(out) if self.multi else pooled_feature(out, self.feature)
+    return jax.lax.stop_gradient(self.features(variables, images))
 
   def head_apply(self, params, model_state, features, train):
     variables = {'params': params['head']}
@@ -97,8 +108,7 @@ class Method:
     backbone_rng, head_rng = jax.random.split(rng)
     images = batch['views'][0]
     backbone_vars = self.backbone.init(backbone_rng, images, train=False)
-    out = self.backbone.apply(backbone_vars, images, train=False)
-    features = list(out) if self.multi else pooled_feature(out, self.feature)
+    features = self.features(backbone_vars, images)
     kwargs = {} if isinstance(self.head, ClsHead) else {'train': False}
     head_vars = self.head.init(head_rng, features, **kwargs)
     params = {'backbone': backbone_vars['params'], 'head': head_vars['params']}

@@ -12,8 +12,8 @@ As mmpretrain 1.2's `CAE` (+ CAEPretrainViT, CAENeck, CAEHead, CAELoss, the `DAL
 - The mask: BEiTMaskGenerator on the 14 x 14 grid, 75 patches (min 16 per block), drawn on device from the step's
   key. Patches keep row-major order on both sides (the reference's x[~mask] / x[mask]).
 - Encoder: fixed 2-D sin-cos positions (the cls row zero), q/v biases, layer scale 0.1, final LayerNorm; init as
-  CAEPretrainViT: Linears Xavier-uniform, patch projection truncated normal (0.02), cls token truncated normal
-  (0.02). The sin-cos table is jssl's (MAE's), a channel permutation of mmpretrain's: an equivalent model.
+  CAEPretrainViT (the ViT's init_mode='cae' unless config.backbone.kwargs names another): Linears Xavier-uniform,
+  patch projection truncated normal (0.02), cls token truncated normal (0.02). The sin-cos table is jssl's (MAE's), a channel permutation of mmpretrain's: an equivalent model.
 - Teacher: at init a copy of the encoder. The reference encodes the targets with the teacher and then, in the
   same iteration and before the optimizer step, updates it: teacher <- m * teacher + (1 - m) * encoder, so the
   targets of iteration i come from the encoder of iteration i - 1 (m = base_momentum = 0 in the recipe). `loss`
@@ -60,15 +60,6 @@ def cae_loss(logits, target, latent_pred, latent_target, lambd):
   return main, lambd * align
 
 
-def cae_vit_init(params, rng):
-  """CAEPretrainViT's init on top of jssl's ViT init (Xavier-uniform Linears, zero biases, LayerNorms 1/0,
-  truncated-normal cls token): the patch projection as a Conv2d under mmpretrain's TruncNormal(std=0.02)."""
-  kernel = params['patch_embed']['proj']['kernel']
-  proj = {**params['patch_embed']['proj'],
-          'kernel': nn.initializers.truncated_normal(0.02)(rng, kernel.shape, kernel.dtype)}
-  return {**params, 'patch_embed': {**params['patch_embed'], 'proj': proj}}
-
-
 class Method:
   def __init__(self, config, total_steps=0, steps_per_epoch=0, num_records=0):
     del total_steps, steps_per_epoch, num_records  # m is constant; no per-image state
@@ -78,7 +69,7 @@ class Method:
     self.momentum = m.base_momentum
     self.mask_cfg = dict(num_masking_patches=m.num_masking_patches, min_num_patches=m.min_num_patches,
                          max_num_patches=m.get('max_num_patches') or None, min_aspect=m.min_aspect)
-    kwargs = {'remat': config.get('remat', False), **config.backbone.get('kwargs', {})}
+    kwargs = {'remat': config.get('remat', False), 'init_mode': 'cae', **config.backbone.get('kwargs', {})}
     encoder = build_backbone(config.backbone.name, dtype=dtype, **kwargs)
     if not isinstance(encoder, VisionTransformer) or encoder.pos_embed != 'sincos' or encoder.output != 'tokens':
       raise ValueError("config.backbone: CAE needs a ViT with pos_embed='sincos' and output='tokens' (the "
@@ -116,13 +107,11 @@ class Method:
 
   def init(self, rng, batch):
     images = batch['views'][0]
-    net_rng, vit_rng = jax.random.split(rng)
     # any mask of the right count gives the shapes (drawing a block mask would only lengthen the init's compile)
     ids = jnp.broadcast_to(jnp.arange(self.grid ** 2), (images.shape[0], self.grid ** 2))
     ids_keep, ids_masked = jnp.split(ids, [self.grid ** 2 - self.mask_cfg['num_masking_patches']], axis=1)
-    variables = self.net.init(net_rng, images, ids_keep, ids_masked, train=False)
+    variables = self.net.init(rng, images, ids_keep, ids_masked, train=False)
     params = dict(variables.pop('params'))
-    params['backbone'] = cae_vit_init(params['backbone'], vit_rng)
     tokenizer = jax.tree.map(jnp.asarray, self.tokenizer)
     return params, dict(variables), {'teacher': params['backbone'], 'tokenizer': tokenizer}
 

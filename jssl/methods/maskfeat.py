@@ -4,7 +4,7 @@ the HOG of the masked patches (MSE). The mask comes from the step's PRNG key and
 the (normalized) input images inside the step, so neither needs host work.
 
 As mmpretrain's MaskFeat: MaskFeatViT (the ViT with a mask token, truncated-normal 0.02 init of every linear and
-conv weight), LinearNeck 768 -> 108 (truncated normal 0.02, bias 0) applied to each token, HOGGenerator targets
+conv weight: its init_mode='maskfeat' unless config.backbone.kwargs names another), LinearNeck 768 -> 108 (truncated normal 0.02, bias 0) applied to each token, HOGGenerator targets
 (9 bins, 8-px cells, Gaussian window 16) and PixelReconstructionLoss L2: the MSE averaged over the 108 channels of
 each patch, then over the masked patches.
 """
@@ -22,18 +22,6 @@ from jssl.models.vit import VisionTransformer, token_features
 
 # torch's trunc_normal_(std=0.02) cuts at +-2 absolute, i.e. +-100 std: in effect N(0, 0.02^2)
 trunc_normal = nn.initializers.truncated_normal(0.02, lower=-100., upper=100.)
-
-
-def maskfeat_vit_init(params, rng):
-  """MaskFeatViT._init_weights on top of jssl's ViT init: every linear and conv kernel truncated normal 0.02
-  (jssl's ViT uses Xavier-uniform); biases 0, LayerNorms 1 / 0 and the cls / mask tokens and pos_embed
-  (truncated normal 0.02) are already the reference's."""
-  flat = jax.tree_util.tree_flatten_with_path(params)
-  leaves, treedef = flat
-  keys = jax.random.split(rng, len(leaves))
-  new = [trunc_normal(k, x.shape, x.dtype) if getattr(path[-1], 'key', None) == 'kernel' else x
-         for k, (path, x) in zip(keys, leaves)]
-  return jax.tree.unflatten(treedef, new)
 
 
 class MaskFeatNet(nn.Module):
@@ -55,7 +43,8 @@ class Method:
     del total_steps, steps_per_epoch, num_records  # no schedule or per-image state inside the method
     dtype = compute_dtype(config)
     m = config.model
-    kwargs = {'remat': config.get('remat', False), **config.backbone.get('kwargs', {}), 'mask_token': True}
+    kwargs = {'remat': config.get('remat', False), 'init_mode': 'maskfeat', **config.backbone.get('kwargs', {}),
+              'mask_token': True}
     encoder = build_backbone(config.backbone.name, dtype=dtype, **kwargs)
     if not isinstance(encoder, VisionTransformer) or encoder.output != 'tokens' or encoder.use_fc_norm:
       raise ValueError(f"config.backbone: MaskFeat needs a ViT returning all tokens (output='tokens'), got "
@@ -88,11 +77,9 @@ class Method:
 
   def init(self, rng, batch):
     images = batch['views'][0]
-    init_rng, vit_rng = jax.random.split(rng)
     mask = jnp.zeros((images.shape[0], self.grid * self.grid), jnp.float32)
-    variables = self.net.init(init_rng, images, mask, train=False)
+    variables = self.net.init(rng, images, mask, train=False)
     params = dict(variables.pop('params'))
-    params['backbone'] = maskfeat_vit_init(params['backbone'], vit_rng)
     return params, dict(variables), {}
 
   def loss(self, params, model_state, method_state, batch, rng, step):

@@ -21,9 +21,9 @@ Details that follow the reference (mmpretrain `MoCoV3`, `MoCoV3ViT`, `MoCoV3Head
   the keys of every iteration come from the same momentum encoder.
 - ViT: the patch embedding is frozen (`stop_grad_conv1`: stop-gradient after the projection, and the optimizer
   config lists it in `frozen_names` so that weight decay does not move it either); fixed 2-D sin-cos position
-  embedding; the features are the cls token after the final LayerNorm. MoCo v3's initialization: the q, k and v
-  thirds of each qkv weight Xavier-uniform on their own, cls token N(0, 1e-6) (the rest of jssl's ViT init is
-  already MoCo v3's: Xavier-uniform linears and patch projection, zero biases).
+  embedding; the features are the cls token after the final LayerNorm. MoCo v3's initialization is the ViT's
+  init_mode='moco_v3' (unless config.backbone.kwargs names another): the q, k and v thirds of each qkv weight
+  Xavier-uniform on their own, cls token N(0, 1e-6), Xavier-uniform linears and patch projection, zero biases.
 - Projector and predictor: `NonLinearNeck`s without biases, BN + ReLU between the fcs, last BN without affine
   (the ResNet recipe's predictor has no last BN); torch's default Linear init.
 """
@@ -73,21 +73,6 @@ def contrastive_loss(pred, target, temperature):
   return 2. * temperature * optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def mocov3_vit_init(params, rng):
-  """MoCoV3ViT.init_weights on top of jssl's ViT init: each third (q, k, v) of a qkv kernel [D, 3D]
-  Xavier-uniform as a [D, D] matrix, U(+-sqrt(6 / 2D)); cls token N(0, 1e-6)."""
-  params = jax.tree.map(lambda x: x, params)  # a copy to edit
-  names = sorted(k for k in params if k.startswith('blocks_'))
-  keys = jax.random.split(rng, len(names) + 1)
-  for key, name in zip(keys[:-1], names):
-    kernel = params[name]['attn']['qkv']['kernel']
-    d_in, d_out = kernel.shape
-    bound = (6. / (d_in + d_out // 3)) ** 0.5
-    params[name]['attn']['qkv']['kernel'] = jax.random.uniform(key, kernel.shape, kernel.dtype, -bound, bound)
-  params['cls_token'] = 1e-6 * jax.random.normal(keys[-1], params['cls_token'].shape, params['cls_token'].dtype)
-  return params
-
-
 class Method:
   def __init__(self, config, total_steps=0, steps_per_epoch=0, num_records=0):
     del steps_per_epoch, num_records
@@ -98,6 +83,8 @@ class Method:
     self.temperature = m.temperature
     backbone = build_backbone(config.backbone.name, dtype=dtype, **config.backbone.get('kwargs', {}))
     self.vit = isinstance(backbone, VisionTransformer)
+    if self.vit and 'init_mode' not in config.backbone.get('kwargs', {}):
+      backbone = backbone.clone(init_mode='moco_v3')  # MoCoV3ViT.init_weights
     if self.vit and backbone.output not in ('cls', 'mean'):
       raise ValueError(f"config.backbone.kwargs.output: MoCo v3 needs one vector per image, 'cls' (the "
                        f"reference) or 'mean'; got '{backbone.output}'")
@@ -110,11 +97,8 @@ class Method:
         head=neck(m.pred_hid_channels, m.neck_out_channels, 2, m.pred_with_last_bn))
 
   def init(self, rng, batch):
-    init_rng, vit_rng = jax.random.split(rng)
-    variables = self.net.init(init_rng, batch['views'][0], train=False)
+    variables = self.net.init(rng, batch['views'][0], train=False)
     params = dict(variables.pop('params'))
-    if self.vit:
-      params['backbone'] = mocov3_vit_init(params['backbone'], vit_rng)
     # the momentum encoder starts as a copy of the base encoder's backbone + projector
     target = {k: params[k] for k in TARGET_PARTS}
     return params, dict(variables), {'target': target}

@@ -3,7 +3,7 @@
 Structure and parameter names follow timm's VisionTransformer so that
 checkpoints map one-to-one (qkv is a single Dense of 3*dim, proj, fc1/fc2).
 """
-from typing import Any, Optional, Tuple, Union
+from typing import Any, Callable, Optional, Tuple, Union
 
 import flax.linen as nn
 import jax
@@ -14,6 +14,8 @@ Dtype = Any
 
 # timm/MAE initialise every Linear with xavier_uniform and zero bias.
 dense_init = nn.initializers.xavier_uniform()
+# MAE inits the patch projection like a Linear on the flattened [D, C*p*p] weight.
+patch_embed_init = nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform', in_axis=(0, 1, 2), out_axis=-1)
 
 
 def get_1d_sincos_pos_embed_from_grid(embed_dim, pos):
@@ -66,15 +68,13 @@ class PatchEmbed(nn.Module):
   patch_size: int = 16
   embed_dim: int = 768
   dtype: Dtype = jnp.float32
+  kernel_init: Callable = patch_embed_init
 
   @nn.compact
   def __call__(self, x):
     p = self.patch_size
-    # MAE inits the conv like a Linear on the flattened [D, C*p*p] weight.
-    kernel_init = nn.initializers.variance_scaling(
-        1.0, 'fan_avg', 'uniform', in_axis=(0, 1, 2), out_axis=-1)
     x = nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding='VALID',
-                kernel_init=kernel_init, dtype=self.dtype, name='proj')(x)
+                kernel_init=self.kernel_init, dtype=self.dtype, name='proj')(x)
     b, h, w, d = x.shape
     return x.reshape(b, h * w, d), (h, w)
 
@@ -145,12 +145,15 @@ class Attention(nn.Module):
   learned per-head relative position bias (BEiT/CAE) over [cls] + h*w tokens.
   head_chunks: attend `num_heads / head_chunks` heads at a time (attention_in_chunks), for long sequences whose
   [B, heads, T, T] attention arrays dominate the memory (MAE ViT-H's decoder, docs/scale_out.md).
+  kernel_init / qkv_kernel_init: of proj / qkv (the ViT's init modes).
   """
   num_heads: int = 8
   qkv_bias: Union[bool, str] = True
   rel_pos_window: Optional[Tuple[int, int]] = None
   dtype: Dtype = jnp.float32
   head_chunks: int = 1
+  kernel_init: Callable = dense_init
+  qkv_kernel_init: Callable = dense_init
 
   @nn.compact
   def __call__(self, x):
@@ -160,7 +163,7 @@ class Attention(nn.Module):
     b, t, dim = x.shape
     head_dim = dim // self.num_heads
     qkv = nn.Dense(3 * dim, use_bias=self.qkv_bias not in (False, 'qv'),
-                   kernel_init=dense_init, dtype=self.dtype, name='qkv')(x)
+                   kernel_init=self.qkv_kernel_init, dtype=self.dtype, name='qkv')(x)
     if self.qkv_bias == 'qv':
       q_bias = self.param('q_bias', nn.initializers.zeros, (dim,))
       v_bias = self.param('v_bias', nn.initializers.zeros, (dim,))
@@ -188,7 +191,7 @@ class Attention(nn.Module):
     else:
       x = jax.nn.dot_product_attention(q, k, v, bias=bias)  # [B, T, N, H]
     x = x.reshape(b, t, dim)
-    return nn.Dense(dim, kernel_init=dense_init, dtype=self.dtype,
+    return nn.Dense(dim, kernel_init=self.kernel_init, dtype=self.dtype,
                     name='proj')(x)
 
 
@@ -197,19 +200,20 @@ class Mlp(nn.Module):
   hidden_dim: int
   out_dim: Optional[int] = None
   dtype: Dtype = jnp.float32
+  kernel_init: Callable = dense_init
 
   @nn.compact
   def __call__(self, x):
     out_dim = self.out_dim or x.shape[-1]
-    x = nn.Dense(self.hidden_dim, kernel_init=dense_init, dtype=self.dtype,
+    x = nn.Dense(self.hidden_dim, kernel_init=self.kernel_init, dtype=self.dtype,
                  name='fc1')(x)
     x = nn.gelu(x, approximate=False)
-    return nn.Dense(out_dim, kernel_init=dense_init, dtype=self.dtype,
+    return nn.Dense(out_dim, kernel_init=self.kernel_init, dtype=self.dtype,
                     name='fc2')(x)
 
 
 class Block(nn.Module):
-  """Pre-norm transformer block: x + attn(norm1(x)); x + mlp(norm2(x))."""
+  """Pre-norm transformer block: x + attn(norm1(x)); x + mlp(norm2(x)). kernel_init: of every Linear but qkv's."""
   num_heads: int
   mlp_ratio: float = 4.0
   qkv_bias: Union[bool, str] = True
@@ -218,6 +222,8 @@ class Block(nn.Module):
   rel_pos_window: Optional[Tuple[int, int]] = None
   dtype: Dtype = jnp.float32
   attention_head_chunks: int = 1
+  kernel_init: Callable = dense_init
+  qkv_kernel_init: Callable = dense_init
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -225,13 +231,14 @@ class Block(nn.Module):
     norm = lambda name: nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name=name)
     drop_path = DropPath(self.drop_path)
 
-    y = Attention(self.num_heads, self.qkv_bias, self.rel_pos_window,
-                  dtype=self.dtype, head_chunks=self.attention_head_chunks, name='attn')(norm('norm1')(x))
+    y = Attention(self.num_heads, self.qkv_bias, self.rel_pos_window, dtype=self.dtype,
+                  head_chunks=self.attention_head_chunks, kernel_init=self.kernel_init,
+                  qkv_kernel_init=self.qkv_kernel_init, name='attn')(norm('norm1')(x))
     if self.layer_scale_init is not None:
       y = LayerScale(self.layer_scale_init, name='ls1')(y)
     x = x + drop_path(y, deterministic=not train)
 
-    y = Mlp(int(dim * self.mlp_ratio), dtype=self.dtype,
+    y = Mlp(int(dim * self.mlp_ratio), dtype=self.dtype, kernel_init=self.kernel_init,
             name='mlp')(norm('norm2')(x))
     if self.layer_scale_init is not None:
       y = LayerScale(self.layer_scale_init, name='ls2')(y)

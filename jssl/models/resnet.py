@@ -5,14 +5,19 @@ torchvision so checkpoints map directly: conv1, bn1,
 layer{s}_{b}/{conv1,bn1,...,downsample_conv,downsample_bn}; the V1d deep stem
 is stem_{i}_conv / stem_{i}_bn (i = 0, 1, 2). Output index 0 is the stem
 (after its last ReLU, before the max-pool) and 1..4 are the stages, as in
-mmselfsup's ResNet ("0: conv-1, x: stage-x").
+mmselfsup's ResNet ("0: conv-1, x: stage-x"), named feat1..feat5 (jssl/models/backbone.py).
 """
 import functools
-from typing import Any, Callable, Sequence
+import math
+import re
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
+
+from jssl.models.backbone import Output, select
 
 Dtype = Any
 
@@ -113,8 +118,13 @@ class Bottleneck(nn.Module):
     return nn.relu(x + y)
 
 
+# mmpretrain's ResNet.get_layer_depth: (blocks per layer id in stage 2, in stage 3) by the depths of stages 2 and 3
+LAYER_GROUPS = {(4, 6): (2, 3), (4, 23): (2, 3), (8, 36): (4, 4), (24, 36): (4, 4), (30, 48): (5, 6)}
+
+
 class ResNet(nn.Module):
-  """ResNet trunk without avgpool/fc; returns a tuple of NHWC feature maps.
+  """ResNet trunk without avgpool/fc; returns a tuple of NHWC feature maps (`out_indices`), or with
+  `outputs=names` {name: map} of feat1..feat5 (`feature_info`).
 
   frozen_stages: -1 freezes nothing, 0 the stem, k the stem and stages 1..k
   (no gradient flows into them and their BN always uses running statistics,
@@ -135,14 +145,53 @@ class ResNet(nn.Module):
   norm_eval: bool = False
   dtype: Dtype = jnp.float32
 
+  family = 'resnet'
+  # MMSelfSup's per-output pools of ResNet-50's maps at 224 px, its adaptive pools, the global average
+  pools = ('specified', 'adaptive', 'avg')
+
   @property
   def feature_dim(self):
     """Channels of the last stage (512 for ResNet-18, 2048 for ResNet-50)."""
     return self.num_filters * 2**(len(self.stage_sizes) - 1) * (
         self.block_cls.expansion)
 
+  def feature_info(self):
+    """feat1: the stem (after its last ReLU, before the max-pool, stride 2); feat2.. the stages (stride 4, 8,
+    ...). All of them whatever `out_indices`: no output has params of its own."""
+    stages = tuple(Output(f'feat{i + 2}', 'map', self.num_filters * 2**i * self.block_cls.expansion, 4 * 2**i,
+                          i + 1) for i in range(len(self.stage_sizes)))
+    return (Output('feat1', 'map', self.num_filters, 2, 0),) + stages
+
+  @property
+  def default_feature(self):
+    return self.feature_info()[-1].name
+
+  @classmethod
+  def layer_ids(cls, params):
+    """mmpretrain's ResNet.get_layer_depth: the stem 0, stage 1 layer 1, stages 2 and 3 in groups of blocks
+    (LAYER_GROUPS: ResNet-50 2 and 3 blocks per id), stage 4 the last id N = 2 + N2 + N3; L + 1 = N + 1 (the
+    head's). mmpretrain numbers only the stage depths of LAYER_GROUPS (not ResNet-18's)."""
+    flat = flax.traverse_util.flatten_dict(params)
+    blocks = [re.fullmatch(r'layer(\d+)_(\d+)', str(p[0])) for p in flat]
+    depths = [len({m.group(2) for m in blocks if m and int(m.group(1)) == s}) for s in (1, 2, 3, 4)]
+    if tuple(depths[1:3]) not in LAYER_GROUPS:
+      raise ValueError(f'config.optimizer.layer_decay: mmpretrain numbers the layers of ResNets whose stages 2 '
+                       f'and 3 have {", ".join(f"{a} and {b}" for a, b in LAYER_GROUPS)} blocks, not '
+                       f'{depths[1]} and {depths[2]}')
+    per_id2, per_id3 = LAYER_GROUPS[tuple(depths[1:3])]
+    n2, n3 = math.ceil(depths[1] / per_id2), math.ceil(depths[2] / per_id3)
+    last_block = 2 + n2 + n3
+
+    def layer_id(m):
+      if not m:
+        return 0  # the stem
+      stage, block = int(m.group(1)), int(m.group(2))
+      return {1: 1, 2: 2 + block // per_id2, 3: 2 + n2 + block // per_id3}.get(stage, last_block)
+    ids = {p: layer_id(m) for p, m in zip(flat, blocks)}
+    return flax.traverse_util.unflatten_dict(ids), last_block + 1
+
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, train: bool = False, outputs: Optional[Sequence[str]] = None):
     if x.shape[-1] != self.in_channels:
       raise ValueError(f'expected {self.in_channels} input channels, '
                        f'got input of shape {x.shape}')
@@ -153,6 +202,7 @@ class ResNet(nn.Module):
     if not -1 <= self.frozen_stages < num_outputs:
       raise ValueError(f'frozen_stages {self.frozen_stages} must be in '
                        f'[-1, {num_outputs - 1}]')
+    wanted = select(self, outputs) if outputs is not None else None
     # BN of stage i (0 = stem) normalises with batch statistics only when
     # training, not norm_eval and not frozen.
     bn_train = lambda i: train and not self.norm_eval and i > self.frozen_stages
@@ -183,6 +233,8 @@ class ResNet(nn.Module):
                            name=f'layer{i + 1}_{j}')(x, bn_train(i + 1))
       x = freeze(x, i + 1)
       outs[i + 1] = x
+    if wanted is not None:
+      return {o.name: outs[o.index] for o in wanted}
     return tuple(outs[i] for i in sorted(self.out_indices))
 
 
@@ -204,3 +256,10 @@ ResNet34V1d = functools.partial(ResNet34, deep_stem=True, avg_down=True)
 ResNet50V1d = functools.partial(ResNet50, deep_stem=True, avg_down=True)
 ResNet101V1d = functools.partial(ResNet101, deep_stem=True, avg_down=True)
 ResNet152V1d = functools.partial(ResNet152, deep_stem=True, avg_down=True)
+
+BACKBONES = {
+    'resnet18': ResNet18, 'resnet34': ResNet34, 'resnet50': ResNet50, 'resnet101': ResNet101,
+    'resnet152': ResNet152, 'resnext50_32x4d': ResNeXt50_32x4d, 'resnext101_32x8d': ResNeXt101_32x8d,
+    'resnet18_v1d': ResNet18V1d, 'resnet34_v1d': ResNet34V1d, 'resnet50_v1d': ResNet50V1d,
+    'resnet101_v1d': ResNet101V1d, 'resnet152_v1d': ResNet152V1d,
+}

@@ -18,14 +18,20 @@ its shift, and a smaller map is zero-padded up to the window before the shift
 `mask_token`: a learned token that replaces the patch embeddings where `mask`
 [B, H/p, W/p] is 1, before the absolute position embedding and the stages
 (mmpretrain's SimMIMSwinTransformer; param `mask_token` [1, 1, embed_dim]).
+
+Outputs (jssl/models/backbone.py): feat{i + 1}, the normed map of stage i, for the stages of `out_indices` (the
+others have no norm).
 """
-from typing import Any, Sequence
+import functools
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jssl.models.backbone import Output, numbered, select
 from jssl.models.layers import DropPath, Mlp, remat_call
 
 Dtype = Any
@@ -245,9 +251,45 @@ class SwinTransformer(nn.Module):
   pad_small_map: bool = False
   mask_token: bool = False
 
+  family = 'swin'
+  pools = ('avg',)
+
   @property
   def feature_dim(self):
     return self.embed_dim * 2**(len(self.depths) - 1)
+
+  def feature_info(self):
+    return tuple(Output(f'feat{i + 1}', 'map', self.embed_dim * 2**i, self.patch_size * 2**i, i)
+                 for i in sorted(set(self.out_indices)))
+
+  @property
+  def default_feature(self):
+    return self.feature_info()[-1].name
+
+  @classmethod
+  def layer_ids(cls, params):
+    """mmpretrain's SwinTransformer get_layer_depth: the patch embedding 0, blocks counted across the stages
+    (block j of stage s: sum(depths[:s]) + j + 1), a patch merging (mmpretrain's stages.{s - 1}.downsample) the
+    id of the block before it, the rest (norms, absolute_pos_embed) L + 1, L the blocks in the tree."""
+    flat = flax.traverse_util.flatten_dict(params)
+    stages = {}  # stage -> its block numbers
+    for p in flat:
+      stage = numbered(p[0], 'layers')
+      if stage is not None:
+        stages.setdefault(stage, set()).add(numbered(p[1], 'blocks'))
+    depths = [len(stages.get(s, set()) - {None}) for s in range(max(stages, default=-1) + 1)]
+    num_blocks = sum(depths)
+
+    def layer_id(path):
+      if path[0] == 'patch_embed':
+        return 0
+      stage = numbered(path[0], 'layers')
+      if stage is None:
+        return num_blocks + 1
+      if path[1] == 'downsample':
+        return sum(depths[:stage])
+      return sum(depths[:stage]) + numbered(path[1], 'blocks') + 1
+    return flax.traverse_util.unflatten_dict({p: layer_id(p) for p in flat}), num_blocks + 1
 
   def stage_windows(self):
     """[(window, shift)] per stage, from the map sizes at `img_size`."""
@@ -258,12 +300,14 @@ class SwinTransformer(nn.Module):
     return [stage_window(r, self.window_size) for r in resolutions]
 
   @nn.compact
-  def __call__(self, x, train: bool = False, mask=None):
-    """mask: [B, H/p, W/p], 1 where the mask token replaces the patch."""
+  def __call__(self, x, train: bool = False, mask=None, outputs: Optional[Sequence[str]] = None):
+    """mask: [B, H/p, W/p], 1 where the mask token replaces the patch; outputs: names of `feature_info` (then
+    a dict)."""
     num_stages = len(self.depths)
     if not all(0 <= i < num_stages for i in self.out_indices):
       raise ValueError(f'out_indices {self.out_indices} must be in '
                        f'[0, {num_stages - 1}]')
+    wanted = select(self, outputs) if outputs is not None else None
     x = x.astype(self.dtype)
     x = PatchEmbed(self.patch_size, self.embed_dim, dtype=self.dtype,
                    name='patch_embed')(x)
@@ -291,7 +335,7 @@ class SwinTransformer(nn.Module):
       x = x + pos_embed.reshape(1, grid, grid, -1).astype(self.dtype)
 
     drop_path_rates = np.linspace(0.0, self.drop_path_rate, sum(self.depths))
-    outs = []
+    outs = {}
     for i, (window, shift) in enumerate(self.stage_windows()):
       start = sum(self.depths[:i])
       x = SwinStage(self.depths[i], self.num_heads[i], window, shift,
@@ -304,6 +348,15 @@ class SwinTransformer(nn.Module):
                     name=f'layers_{i}')(x, train)
       if i in self.out_indices:
         name = 'norm' if i == num_stages - 1 else f'norm{i}'
-        outs.append(nn.LayerNorm(epsilon=1e-5, dtype=self.dtype,
-                                 name=name)(x))
-    return tuple(outs)
+        outs[i] = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name=name)(x)
+    if wanted is not None:
+      return {o.name: outs[o.index] for o in wanted}
+    return tuple(outs.values())
+
+
+# the named sizes: (width, blocks per stage, heads per stage); window_size defaults to 7 (SimMIM pretrains Swin-B at
+# 192 px with 6)
+SIZES = {'tiny': (96, (2, 2, 6, 2), (3, 6, 12, 24)), 'small': (96, (2, 2, 18, 2), (3, 6, 12, 24)),
+         'base': (128, (2, 2, 18, 2), (4, 8, 16, 32)), 'large': (192, (2, 2, 18, 2), (6, 12, 24, 48))}
+BACKBONES = {f'swin_{size}': functools.partial(SwinTransformer, embed_dim=d, depths=depths, num_heads=heads)
+             for size, (d, depths, heads) in SIZES.items()}

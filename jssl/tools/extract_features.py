@@ -53,14 +53,13 @@ def main(argv):
   except (DataNotFoundError, ConversionError, ValueError, FileNotFoundError) as e:
     fail(str(e))
   from jssl.data.transforms import ResizeSquash
-  from jssl.evaluate.features import default_pool
   from jssl.models import build_backbone
   transform = eval_flags.eval_transform(FLAGS.data.name)
   first = features[splits[0]]
   meta = {'pretrained': os.path.abspath(pretrained), 'backbone': name, 'backbone_kwargs': kwargs,
           'data': FLAGS.data.name, 'data_root': FLAGS.data.root, 'stages': list(stages),
           'dims': {s: int(first[s].shape[1]) for s in stages},
-          'pool': FLAGS.pool or default_pool(build_backbone(name, **kwargs)), 'dtype': FLAGS.dtype,
+          'pool': FLAGS.pool or build_backbone(name, **kwargs).pools[0], 'dtype': FLAGS.dtype,
           'transform': {'mode': 'squash' if isinstance(transform, ResizeSquash) else 'center',
                         'resize': transform.resize, 'interpolation': FLAGS.interpolation,
                         'size': transform.size if isinstance(transform, ResizeSquash) else transform.crop},

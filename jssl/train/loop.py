@@ -203,27 +203,29 @@ class Trainer:
 
   def knn_extract_fn(self):
     """(variables, images) -> features for kNN: the method's features (`method.extract`), or, with
-    config.eval.feature_stage >= 0, that backbone output global-average-pooled (ResNet: 0 the stem, 1..4 the
-    stages, MMSelfSup's feat1..feat5; Swin: 0..3), for pretext tasks whose last stage specializes (Rotation
-    Prediction, Relative Location). `knn_variables(state)` gives the matching variables."""
+    config.eval.feature_stage >= 0, the backbone's map output of that number (its `feature_info`) global-average-
+    pooled (ResNet: 0 the stem, 1..4 the stages, MMSelfSup's feat1..feat5; Swin: the stages of its out_indices),
+    for pretext tasks whose last stage specializes (Rotation Prediction, Relative Location). `knn_variables(state)`
+    gives the matching variables."""
     stage = self.config.eval.get('feature_stage', -1)
     if stage < 0:
       return lambda variables, x: self.method.extract(*variables, x)
     from jssl.methods.base import compute_dtype
     from jssl.models import build_backbone
+    from jssl.models.backbone import map_output
     from jssl.models.layers import sobel
     from jssl.models.necks import global_avg_pool
     b = self.config.backbone
     backbone = build_backbone(b.name, dtype=compute_dtype(self.config), **b.get('kwargs', {}))
-    outputs = {'ResNet': lambda m: len(m.stage_sizes) + 1, 'SwinTransformer': lambda m: len(m.depths)}
-    count = outputs[type(backbone).__name__](backbone) if type(backbone).__name__ in outputs else 0
-    if stage >= count:
-      valid = f'-1 (the method\'s features), 0..{count - 1}' if count else "-1 (the method's features)"
-      raise ValueError(f'config.eval.feature_stage: {stage} is not an output of {b.name}; valid: {valid}')
-    backbone = backbone.clone(out_indices=(stage,))
+    output = map_output(backbone, stage)
+    if output is None:
+      maps = [o.index for o in backbone.feature_info() if o.kind == 'map']
+      ranged = len(maps) > 2 and maps == list(range(maps[0], maps[-1] + 1))
+      valid = ["-1 (the method's features)"] + ([f'{maps[0]}..{maps[-1]}'] if ranged else [str(i) for i in maps])
+      raise ValueError(f'config.eval.feature_stage: {stage} is not an output of {b.name}; valid: {", ".join(valid)}')
     with_sobel = self.config.model.get('with_sobel', False)
     return lambda variables, x: global_avg_pool(backbone.apply(variables, sobel(x) if with_sobel else x,
-                                                               train=False)[0])
+                                                               train=False, outputs=(output.name,))[output.name])
 
   def knn_variables(self, state):
     if self.config.eval.get('feature_stage', -1) < 0:

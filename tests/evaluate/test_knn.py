@@ -105,6 +105,22 @@ def test_knn_reads_the_chosen_backbone_output():
     trainer.knn_features(state)
 
 
+def test_knn_stage_of_a_swin_is_one_of_its_outputs():
+  """A Swin gives the normed maps of its out_indices only (the other stages have no norm): another stage is one
+  line before anything runs (it failed in the first kNN evaluation, a missing param 'norm0')."""
+  import jax
+  from jssl.config import load_config_file
+  from jssl.train.loop import Trainer
+  c = load_config_file('configs/simmim.py:demo')
+  c.eval.feature_stage = 0
+  trainer = Trainer(c, None, num_records=40, devices=jax.devices()[:1])
+  with pytest.raises(ValueError, match=r"config.eval.feature_stage: 0 is not an output of swin_tiny; valid: -1 "
+                                       r"\(the method's features\), 1$"):
+    trainer.knn_extract_fn()
+  c.eval.feature_stage = 1
+  assert callable(trainer.knn_extract_fn())
+
+
 def make_data():
   """330 4x4 uint8 images of 8 classes (a pattern per class + noise), and a random projection to 16-d."""
   rng = np.random.default_rng(0)

@@ -227,9 +227,11 @@ def test_parity_with_mmpretrain_mocov3():
                              rtol=1e-5, atol=1e-7)
   np.testing.assert_allclose(target['neck']['fc0']['kernel'], enc[1].fc0.weight.detach().numpy().T,
                              rtol=1e-5, atol=1e-7)
-  # the cls token moved by a gradient step only (its init is ~1e-6): its target carries the gradients' round-off
-  np.testing.assert_allclose(target['backbone']['cls_token'].ravel(), enc[0].cls_token.detach().numpy().ravel(),
-                             rtol=1e-4, atol=1e-7)
+  # the cls token moved by a gradient step only (its init is ~1e-6): its target carries the gradients' round-off,
+  # up to ~2e-6 of its largest entry (the gradients' own tolerance above is 1e-4 of theirs)
+  ref_t_cls = enc[0].cls_token.detach().numpy().ravel()
+  np.testing.assert_allclose(target['backbone']['cls_token'].ravel(), ref_t_cls, rtol=1e-4,
+                             atol=1e-5 * np.abs(ref_t_cls).max())
   # and the update is m(1) of the cosine, not a copy: the reference's target moved by (1 - m) of the step
   m = float(cosine_momentum(1, total_steps, 0.99))
   step = np.asarray(new_params['backbone']['blocks_0']['attn']['qkv']['kernel']) - old_qkv

@@ -255,3 +255,27 @@ def test_resnext_and_v1d_structure():
   with pytest.raises(ValueError, match='BasicBlock supports only groups=1'):
     jax.eval_shape(build_backbone('resnet18', groups=2).init,
                    jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+
+
+@pytest.mark.parametrize('name', ['resnet50', 'resnet101_v1d', 'resnet152'])
+def test_layer_ids_are_mmpretrain_get_layer_depth(name):
+  """Layer-wise lr decay of a ResNet: every param's id and the layer count are mmpretrain's ResNet.get_layer_depth
+  of its mmpretrain name (the converter's)."""
+  pytest.importorskip('mmpretrain')
+  import flax.traverse_util
+  from mmpretrain.models.backbones import ResNet as MMResNet
+  from jssl.convert.resnet import torch_module
+  module = build_backbone(name, num_filters=4)
+  params = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']
+  ids, last = ResNet.layer_ids(params)
+  depth = {6: 50, 23: 101, 36: 152}[module.stage_sizes[2]]
+  reference = MMResNet(depth=depth, deep_stem=module.deep_stem, avg_down=module.avg_down)
+  leaf = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias'}
+  for path, i in flax.traverse_util.flatten_dict(ids).items():
+    torch_name = f'backbone.{torch_module(path[:-1], "mmpretrain", module.avg_down)}.{leaf[path[-1]]}'
+    assert reference.get_layer_depth(torch_name, 'backbone.') == (i, last + 1), torch_name
+  assert reference.get_layer_depth('head.fc.weight', 'backbone.') == (last, last + 1)  # the head: multiplier 1
+  resnet18 = jax.eval_shape(build_backbone('resnet18').init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  with pytest.raises(ValueError, match='config.optimizer.layer_decay: mmpretrain numbers the layers of ResNets '
+                                       'whose stages 2 and 3 have 4 and 6, .* blocks, not 2 and 2'):
+    ResNet.layer_ids(resnet18['params'])

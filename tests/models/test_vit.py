@@ -315,3 +315,59 @@ def test_mask_token_replaces_masked_patches_like_maskfeat_vit():
   assert_close(model.apply(variables, x_nhwc), VisionTransformer(**CONFIG).apply(timm_to_flax(torch_model), x_nhwc))
   with pytest.raises(ValueError, match='mask_token=True'):
     VisionTransformer(**CONFIG).apply(timm_to_flax(torch_model), x_nhwc, mask=jnp.asarray(mask))
+
+
+def reference_init(mode, path, shape, patch_size):
+  """The distribution of a leaf under the reference of `init_mode` (MAE's `initialize_weights`,
+  MoCoV3ViT.init_weights, CAEPretrainViT's init_cfg, MaskFeatViT._init_weights; jssl's tokens: flax's
+  truncated_normal(0.02), cut at +-2 std): ('constant', value) | ('uniform', bound) | ('normal', std) |
+  ('truncated', std before the +-2 std cut)."""
+  xavier = lambda fan_in, fan_out: ('uniform', (6. / (fan_in + fan_out)) ** 0.5)
+  leaf = path[-1]
+  if leaf in ('bias', 'q_bias', 'v_bias'):
+    return ('constant', 0.)
+  if leaf in ('scale', 'gamma'):
+    return ('constant', 1. if leaf == 'scale' else 0.1)
+  if path[0] == 'cls_token':
+    return ('normal', 1e-6) if mode == 'moco_v3' else ('truncated', 0.02)
+  if leaf != 'kernel':  # pos_embed, mask_token, relative_position_bias_table
+    return ('truncated', 0.02)
+  if mode == 'maskfeat':  # torch's trunc_normal_(std=0.02) cuts at +-2 absolute: a normal
+    return ('normal', 0.02)
+  if path[0] == 'patch_embed':
+    return ('truncated', 0.02) if mode == 'cae' else xavier(3 * patch_size ** 2, shape[-1])
+  if path[-2] == 'qkv' and mode == 'moco_v3':  # q, k and v on their own
+    return xavier(shape[0], shape[1] // 3)
+  return xavier(*shape)
+
+
+@pytest.mark.parametrize('mode', ['mae', 'moco_v3', 'cae', 'maskfeat'])
+def test_init_modes_draw_the_references_distributions(mode):
+  """Each init_mode, leaf by leaf: constants exact; the sample std within 5 standard errors of the reference's;
+  uniforms reach their bound and no further, truncated normals stop at 2 std, normals go past 3 std."""
+  kwargs = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, mask_token=True,
+                layer_scale_init=0.1, init_mode=mode)
+  params = {}
+  for variant in ({'qkv_bias': True}, {'qkv_bias': 'qv', 'rel_pos_bias': True}):
+    model = VisionTransformer(**kwargs, **variant)
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    params.update(jax.tree_util.tree_flatten_with_path(variables['params'])[0])
+  for path, x in params.items():
+    keys = tuple(k.key for k in path)
+    kind, value = reference_init(mode, keys, x.shape, 8)
+    x = np.asarray(x, np.float64).ravel()
+    name = f"{mode} {'/'.join(keys)}"
+    if kind == 'constant':
+      np.testing.assert_array_equal(x, np.float32(value), err_msg=name)
+      continue
+    std = {'uniform': value / 3 ** 0.5, 'normal': value, 'truncated': 0.87962566 * value}[kind]
+    assert abs(x.std() / std - 1) < 5 / (2 * x.size) ** 0.5, (name, x.std(), std)
+    top = np.abs(x).max()
+    if kind == 'uniform':
+      assert 0.99 * value < top <= value, (name, top, value)
+    elif kind == 'truncated':
+      assert top <= 2 * value, (name, top, value)
+    elif x.size > 1000:
+      assert top > 3 * value, (name, top, value)
+  with pytest.raises(ValueError, match="unknown init_mode 'timm'; valid: mae, moco_v3, cae, maskfeat"):
+    VisionTransformer(**{**kwargs, 'init_mode': 'timm'}).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
