@@ -54,7 +54,8 @@ def methods_table():
   for path in config_files('configs'):
     c = read_config(path)
     header, demo = HEADER.match(c['doc']), c['demos'][0]
-    variants = ''.join(f', `:{v}`' for v in c['variants'] if v != 'demo')
+    variants = ', '.join(f'`:{v}`' for v in c['variants'] if v != 'demo')
+    variants = f'; {variants}' if variants else ''
     page = c.get('Page', f'docs/methods/{path.stem}.md')
     rows.append(f"| {header['method']} | {c['Paper']} | `{c['path']}` (`{header['recipe']}`{variants}) | "
                 f"{header['backbone']} | {demo['Demo result']} | {demo['Demo runtime']} | "
