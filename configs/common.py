@@ -2,13 +2,17 @@
 ImageNet and of the embedded digits, the augmentation recipes of the reference configs, the optimizers as those
 configs set them, and the settings of every `:demo`. Library code never imports this: a recipe is a config's choice.
 
-Every method config's docstring starts `<Method>, <backbone>, the reference recipe `<MMSelfSup config>`` and ends
-with one block, the single place its demo's figures live (tools/methods_table.py puts them in README.md):
+Every method config's docstring starts `<Method>, <backbone>, the reference recipe `<MMSelfSup config>`.`, then
+one block of `Key: value` lines (a value may wrap onto the next lines), the single place its demo's figures live;
+tools/methods_table.py puts them in README.md (configs/eval/: in docs/evaluation.md, a Demo triple per demo):
 
   Paper: <authors year>, *<title>*
+  Page: docs/methods/<page>.md          (only where it is not docs/methods/<m>.md)
   Demo: python -m jssl.main --config=configs/<m>.py:demo --workdir=workdirs/<m>_demo
-  Demo result: kNN top-1 <trained>% (random init <same network untrained>%)[, linear probe ...], digits test split
+  Demo result: kNN top-1 <trained>% (random init <the same network untrained>%)[, ...], digits test split
   Demo runtime: <wall time>, <hardware> (<how and when measured>)
+
+Each config lists its variants in VARIANTS (`configs/<m>.py:<variant>`; none: the reference recipe).
 """
 import os
 
@@ -122,7 +126,8 @@ def sgd(lr, weight_decay, **extra):
 
 
 def lars(lr, weight_decay=1e-6, **extra):
-  """LARS, momentum 0.9; BN and biases excluded from weight decay and adaptation unless exclude_1d_from_decay=False."""
+  """LARS, momentum 0.9; BN and biases (1-D params) excluded from weight decay and the trust ratio unless
+  exclude_1d_from_decay=False."""
   return ml_collections.ConfigDict(dict(name='lars', lr=lr, momentum=0.9, weight_decay=weight_decay,
                                         grad_clip_norm=0., grad_accum_steps=1, **extra))
 

@@ -101,3 +101,15 @@ except ValueError as e:
   proc = subprocess.run([sys.executable, '-c', code], cwd=tmp_path, env=env, capture_output=True, text=True)
   assert proc.returncode == 0, proc.stderr
   assert proc.stdout.strip() == "configs/mae.py: unknown variant 'vit_xx'; valid: demo, vit_h, vit_l"
+
+
+def test_configs_is_installed_with_jssl():
+  """`pip install -e .` (or a plain install) ships the package `configs`, so `from configs import common` in a config
+  loaded by path works from any working directory, not only from the repo root."""
+  import configparser
+  import setuptools
+  setup = configparser.ConfigParser()
+  setup.read(os.path.join(ROOT, 'setup.cfg'))
+  include = [name.strip() for name in setup['options.packages.find']['include'].split(',')]
+  packages = setuptools.find_packages(ROOT, include=include)
+  assert 'configs' in packages and 'jssl' in packages and not any(p.startswith('tests') for p in packages)
