@@ -1,5 +1,11 @@
-"""MaskFeat, ViT-B/16, the reference recipe `maskfeat_vit-base-p16_8xb256-amp-coslr-300e_in1k`:
-batch 2048 (8 x 256), AdamW lr 2e-4 x 8 = 1.6e-3, betas (0.9, 0.999), weight decay 0.05 (none on biases, norms
+"""MaskFeat, ViT-B/16, the reference recipe `maskfeat_vit-base-p16_8xb256-amp-coslr-300e_in1k`.
+
+Paper: Wei et al. 2022, *Masked Feature Prediction for Self-Supervised Visual Pre-Training*
+Demo: python -m jssl.main --config=configs/maskfeat.py:demo --workdir=workdirs/maskfeat_demo
+Demo result: kNN top-1 64.9% (random init 59.9%), mean-pooled tokens, digits test split
+Demo runtime: 112 s, the whole command on 2 idle CPU cores (2026-11-23)
+
+Batch 2048 (8 x 256), AdamW lr 2e-4 x 8 = 1.6e-3, betas (0.9, 0.999), weight decay 0.05 (none on biases, norms
 and the mask token: the config's paramwise `bias/norm/flat_decay_mult=0` + `mask_token` key; pos_embed and the
 cls token keys are commented out there, so those 3-D tensors do decay), gradient clipping at global norm 0.02;
 linear warmup from lr x 1e-6 over 30 epochs, then cosine to an absolute 1e-6 at epoch 300 (CosineAnnealingLR
@@ -12,10 +18,14 @@ loss scaling); here `dtype='bfloat16'` computes in bfloat16 with float32 params 
 
 Variants: `configs/maskfeat.py` (ImageNet, ViT-B/16), `:demo` (embedded digits, a small ViT, CPU minutes).
 """
-from jssl.config import base_config, demo_run, digits_data, imagenet_data
+from configs import common
+from jssl.config import base_config
+
+VARIANTS = ('demo',)
 
 
 def get_config(arg=None):
+  arg = common.parse_arg(arg, __file__, VARIANTS)
   c = base_config()
   c.method = 'maskfeat'
   c.batch_size = 2048
@@ -24,29 +34,21 @@ def get_config(arg=None):
   c.backbone.name = 'vit_base'
   c.backbone.kwargs.update({'img_size': 224, 'patch_size': 16, 'pos_embed': 'learned'})
   c.model.num_masking_patches = 78  # of the 14 x 14 patches
-  c.model.min_num_patches = 15
-  c.model.hog_nbins = 9
+  c.model.update({'min_num_patches': 15, 'hog_nbins': 9})
   c.model.hog_pool = 8              # cell side in pixels
   c.model.hog_window = 16           # Gaussian window side (std = window / 2), tiled over the image
   c.model.feature = 'cls'           # features for kNN / extraction: 'cls' token or 'mean' of patch tokens
-  c.optimizer.name = 'adamw'
-  c.optimizer.lr = 2e-4 * 8
-  c.optimizer.betas = (0.9, 0.999)
-  c.optimizer.weight_decay = 0.05
-  c.optimizer.no_decay_names = ('mask_token',)  # + biases and norms (1-D)
-  c.optimizer.grad_clip_norm = 0.02
-  c.optimizer.grad_accum_steps = 1
+  # + biases and norms (1-D)
+  c.optimizer = common.adamw(lr=2e-4 * 8, betas=(0.9, 0.999), weight_decay=0.05, no_decay_names=('mask_token',),
+                             grad_clip_norm=0.02)
   c.schedule.update({'name': 'cosine', 'warmup_epochs': 30., 'warmup_start_factor': 1e-6, 'min_lr': 1e-6})
-  c.data = imagenet_data(views=[dict(size=224, scale=(0.5, 1.0), interpolation='bicubic', flip_prob=0.5)],
-                         augment=[])
+  c.data = common.imagenet_data(common.views(224, (0.5, 1.0), interpolation='bicubic'), augment=[])
   c.eval.interpolation = 'bicubic'
 
   if arg == 'demo':
     size = 32
     c.dtype = 'float32'
-    c.data = digits_data(views=[dict(size=size, scale=(0.5, 1.0), interpolation='bicubic', flip_prob=0.0)],
-                         augment=[], image_size=size)
-    demo_run(c, size)
+    common.digits_demo(c, common.views(size, (0.5, 1.0), flip_prob=0., interpolation='bicubic'), augment=[])
     c.eval.interpolation = 'bicubic'
     c.backbone.name = 'vit_tiny'
     c.backbone.kwargs.update({'patch_size': 8, 'img_size': size, 'embed_dim': 192, 'depth': 6, 'num_heads': 3})
@@ -55,10 +57,7 @@ def get_config(arg=None):
     # with 2-px cells (a 128-wide 4-block ViT, 4x the tokens) did not beat random init in 20 epochs (48.8% vs 54.9%)
     c.model.update({'num_masking_patches': 6, 'min_num_patches': 2, 'hog_pool': 4, 'hog_window': 16,
                     'feature': 'mean'})
-    c.batch_size = 128
     c.epochs = 20
     c.optimizer.lr = 1e-3
     c.schedule.warmup_epochs = 2.
-  elif arg:
-    raise ValueError(f"configs/maskfeat.py: unknown variant '{arg}'; valid: demo")
   return c

@@ -1,5 +1,11 @@
-"""MoCo v3, ViT-B/16, the reference recipe `mocov3_vit-base-p16_16xb256-amp-coslr-300e_in1k`:
-batch 4096 (16 GPUs x 256), AdamW lr 2.4e-3 (= 1.5e-4 x 4096/256), torch's default betas (0.9, 0.999) and eps
+"""MoCo v3, ViT-B/16, the reference recipe `mocov3_vit-base-p16_16xb256-amp-coslr-300e_in1k`.
+
+Paper: Chen, Xie & He 2021, *An Empirical Study of Training Self-Supervised Vision Transformers*
+Demo: python -m jssl.main --config=configs/mocov3.py:demo --workdir=workdirs/mocov3_demo
+Demo result: kNN top-1 94.99% (random init 70.19%), 16 px, digits test split
+Demo runtime: 27 min on 2 CPU cores shared with other runs (load average ~28), with kNN every 55 steps (2026-11-22)
+
+Batch 4096 (16 GPUs x 256), AdamW lr 2.4e-3 (= 1.5e-4 x 4096/256), torch's default betas (0.9, 0.999) and eps
 1e-8, weight decay 0.1 on every trained parameter (one parameter group: norms, biases and the cls token too);
 linear warmup from lr x 1e-4 over 40 epochs, then cosine to 0 at epoch 300. ViT-B/16 with a frozen patch
 embedding (stop-gradient + no optimizer update) and fixed 2-D sin-cos positions, features = cls token;
@@ -20,21 +26,26 @@ the reference's 'mocov3-small' ViT-S has 12 heads), `:resnet50` (`mocov3_resnet5
 LARS lr 9.6, wd 1e-6, T = 1.0, 2-layer projector 2048-4096-256 and a predictor without last BN, crops of scale
 0.2-1, 10 warmup epochs of 100), `:demo` (embedded digits, a small ViT with 4-px patches, CPU minutes).
 """
-from jssl.config import base_config, byol_augment, demo_run, digits_data, imagenet_data
+from configs import common
+from jssl.config import base_config
+
+VARIANTS = ('demo', 'resnet50', 'vit_s')
 
 
 def mocov3_data(size, scale, blur_kernel, digits=False):
-  views = [dict(size=size, scale=scale, interpolation='bilinear', flip_prob=0.0 if digits else 0.5, num=2)]
-  per_view = [byol_augment(1.0, 0.0, blur_kernel), byol_augment(0.1, 0.2, blur_kernel)]
+  """BYOL's asymmetric pair of views; `augment` holds view 1's (the single-view default)."""
+  views = common.views(size, scale, num=2, flip_prob=0.0 if digits else 0.5)
+  per_view = common.byol_augment_per_view(blur_kernel)
   if digits:
-    data = digits_data(views=views, augment=per_view[0], image_size=size)
+    data = common.digits_data(views=views, augment=per_view[0], image_size=size)
   else:
-    data = imagenet_data(views=views, augment=per_view[0])
+    data = common.imagenet_data(views=views, augment=per_view[0])
   data.augment_per_view = per_view
   return data
 
 
 def get_config(arg=None):
+  arg = common.parse_arg(arg, __file__, VARIANTS)
   c = base_config()
   c.method = 'mocov3'
   c.batch_size = 4096
@@ -45,21 +56,12 @@ def get_config(arg=None):
                             'frozen_patch_embed': True})
   c.model.temperature = 0.2
   c.model.base_momentum = 0.99        # EMA weight of the old params at step 0, rising to 1 (cosine)
-  c.model.neck_hid_channels = 4096
-  c.model.neck_out_channels = 256
-  c.model.neck_num_layers = 3
-  c.model.pred_hid_channels = 4096
-  c.model.pred_with_last_bn = True
-  c.optimizer.name = 'adamw'
-  c.optimizer.lr = 2.4e-3
-  c.optimizer.betas = (0.9, 0.999)
-  c.optimizer.eps = 1e-8
-  c.optimizer.weight_decay = 0.1
-  c.optimizer.exclude_1d_from_decay = False   # one parameter group in the reference: decay on everything trained
-  c.optimizer.no_decay_names = ()
-  c.optimizer.frozen_names = ('patch_embed',)  # stop_grad_conv1: not even weight decay moves it
-  c.optimizer.grad_clip_norm = 0.
-  c.optimizer.grad_accum_steps = 1
+  c.model.update({'neck_hid_channels': 4096, 'neck_out_channels': 256, 'neck_num_layers': 3,
+                  'pred_hid_channels': 4096, 'pred_with_last_bn': True})
+  # one parameter group in the reference: decay on everything trained; stop_grad_conv1: the frozen patch
+  # embedding is not even moved by weight decay
+  c.optimizer = common.adamw(lr=2.4e-3, betas=(0.9, 0.999), weight_decay=0.1, no_decay_names=(), eps=1e-8,
+                             exclude_1d_from_decay=False, frozen_names=('patch_embed',))
   c.schedule.update({'name': 'cosine', 'warmup_epochs': 40., 'warmup_start_factor': 1e-4, 'min_lr': 0.})
   c.data = mocov3_data(224, (0.08, 1.0), blur_kernel=23)
 
@@ -71,27 +73,20 @@ def get_config(arg=None):
     c.epochs = 100
     c.backbone.name = 'resnet50'
     c.backbone.kwargs = {'zero_init_residual': False}
-    c.model.temperature = 1.0
-    c.model.neck_num_layers = 2
-    c.model.pred_with_last_bn = False
-    c.optimizer = {'name': 'lars', 'lr': 9.6, 'momentum': 0.9, 'weight_decay': 1e-6, 'grad_clip_norm': 0.,
-                   'grad_accum_steps': 1}
+    c.model.update({'temperature': 1.0, 'neck_num_layers': 2, 'pred_with_last_bn': False})
+    c.optimizer = common.lars(lr=9.6, weight_decay=1e-6)
     c.schedule.update({'warmup_epochs': 10.})
     c.data = mocov3_data(224, (0.2, 1.0), blur_kernel=23)
   elif arg == 'demo':
     size = 16  # the 8x8 digits upsampled 2x: 4-px patches see 2x2 original pixels, 16 tokens
     c.data = mocov3_data(size, (0.3, 1.0), blur_kernel=3, digits=True)
-    demo_run(c, size)
+    common.demo_run(c, size)
     c.dtype = 'float32'
     c.backbone.name = 'vit_tiny'
     c.backbone.kwargs.update({'img_size': size, 'patch_size': 4, 'embed_dim': 96, 'depth': 4, 'num_heads': 3})
-    c.model.neck_hid_channels = 512
-    c.model.neck_out_channels = 128
-    c.model.pred_hid_channels = 512
+    c.model.update({'neck_hid_channels': 512, 'neck_out_channels': 128, 'pred_hid_channels': 512})
     c.batch_size = 128
     c.epochs = 40
     c.optimizer.lr = 1.5e-3
     c.schedule.warmup_epochs = 4.
-  elif arg:
-    raise ValueError(f"configs/mocov3.py: unknown variant '{arg}'; valid: demo, resnet50, vit_s")
   return c

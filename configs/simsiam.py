@@ -1,5 +1,11 @@
-"""SimSiam, ResNet-50, the reference recipe `simsiam_resnet50_8xb32-coslr-100e_in1k`:
-batch 256 (8 GPUs x 32), SGD lr 0.05 (x batch / 256) / momentum 0.9 / weight decay 1e-4 on all parameters, cosine
+"""SimSiam, ResNet-50, the reference recipe `simsiam_resnet50_8xb32-coslr-100e_in1k`.
+
+Paper: Chen & He 2021, *Exploring Simple Siamese Representation Learning*
+Demo: python -m jssl.main --config=configs/simsiam.py:demo --workdir=workdirs/simsiam_demo
+Demo result: kNN top-1 75.2% (random init 12.8%: zero-init residuals), digits test split
+Demo runtime: 55-65 min on 2 CPU cores shared with other jobs, with kNN every 55 steps (2026-11-22)
+
+Batch 256 (8 GPUs x 32), SGD lr 0.05 (x batch / 256) / momentum 0.9 / weight decay 1e-4 on all parameters, cosine
 to 0 over 100 epochs (no warmup), the predictor at the fixed lr 0.05 (SimSiamHook); ResNet-50 with zero-init
 residual BN; projector NonLinearNeck 2048-2048-2048 (3 layers, last BN without affine), predictor
 NonLinearNeck 2048-512-2048 (last fc with bias, no last BN); two 224 crops (scale 0.2-1) with color jitter
@@ -7,46 +13,28 @@ NonLinearNeck 2048-512-2048 (last fc with bias, no last BN); two 224 crops (scal
 
 Variants: `configs/simsiam.py` (ImageNet), `configs/simsiam.py:demo` (embedded digits, ResNet-18, CPU minutes).
 """
-from jssl.config import base_config, demo_run, digits_data, imagenet_data, mocov2_augment
+from configs import common
+from jssl.config import base_config
+
+VARIANTS = ('demo',)
 
 
 def get_config(arg=None):
+  arg = common.parse_arg(arg, __file__, VARIANTS)
   c = base_config()
   c.method = 'simsiam'
   c.batch_size = 256
   c.epochs = 100
   c.backbone.name = 'resnet50'
   c.backbone.kwargs.zero_init_residual = True
-  c.model.neck_hid_channels = 2048
-  c.model.neck_out_channels = 2048
-  c.model.pred_hid_channels = 512
-  c.optimizer.name = 'sgd'
-  c.optimizer.lr = 0.05 * c.batch_size / 256
-  c.optimizer.momentum = 0.9
-  c.optimizer.weight_decay = 1e-4
-  c.optimizer.exclude_1d_from_decay = False  # torch SGD: weight decay on BN and biases too
-  c.optimizer.fixed_lr_names = ('head',)     # the predictor
-  c.optimizer.grad_clip_norm = 0.
-  c.optimizer.grad_accum_steps = 1
+  c.model.update({'neck_hid_channels': 2048, 'neck_out_channels': 2048, 'pred_hid_channels': 512})
+  c.optimizer = common.sgd(lr=0.05 * c.batch_size / 256, weight_decay=1e-4, fixed_lr_names=('head',))  # predictor
   c.schedule.update({'name': 'cosine', 'warmup_epochs': 0., 'min_lr': 0.})
-  # kernel_size 23 ~ 10% of 224; sigma sampled per image
-  c.data = imagenet_data(views=[dict(size=224, scale=(0.2, 1.0), interpolation='bilinear', flip_prob=0.5, num=2)],
-                         augment=mocov2_augment(blur_kernel=23))
+  c.data = common.imagenet_data(common.views(224, (0.2, 1.0), num=2), common.mocov2_augment(blur_kernel=23))
 
   if arg == 'demo':
-    size = 32
-    c.data = digits_data(views=[dict(size=size, scale=(0.3, 1.0), interpolation='bilinear', flip_prob=0.0, num=2)],
-                         augment=mocov2_augment(blur_kernel=3), image_size=size)
-    demo_run(c, size)
-    # ResNet-18 at half width: XLA's CPU convolutions fall off a cliff at 64+ channels on 1x1/2x2 maps
-    c.backbone.name = 'resnet18'
-    c.backbone.kwargs.num_filters = 32
-    c.model.neck_hid_channels = 512
-    c.model.neck_out_channels = 512
-    c.model.pred_hid_channels = 128
-    c.batch_size = 128
+    common.resnet_demo(c, common.views(32, (0.3, 1.0), num=2, flip_prob=0.), common.mocov2_augment(blur_kernel=3))
+    c.model.update({'neck_hid_channels': 512, 'neck_out_channels': 512, 'pred_hid_channels': 128})
     c.epochs = 30
     c.optimizer.lr = 0.05 * c.batch_size / 256 * 4  # a short run: 4x the linear-scaling lr
-  elif arg:
-    raise ValueError(f"configs/simsiam.py: unknown variant '{arg}'; valid: demo")
   return c

@@ -1,5 +1,6 @@
-"""Pieces every config under configs/ shares: the run-level fields, the data blocks for ImageNet and for the
-embedded digits demo, and validation that turns a bad config into a one-line error."""
+"""The fields every config under configs/ starts from (`base_config`), loading a config file, and validation that
+turns a bad config into a one-line error. The recipes (data blocks, augmentations, demo settings) live in
+configs/common.py: library code does not depend on them."""
 import sys
 
 import ml_collections
@@ -48,87 +49,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.schedule = ml_collections.ConfigDict({'name': 'cosine', 'warmup_epochs': 0., 'warmup_start_factor': 1e-3,
                                           'min_lr': 0.})
   return c
-
-
-def imagenet_data(views, augment) -> ml_collections.ConfigDict:
-  """ImageNet in the MMSelfSup layout: data/imagenet/{train,val}/ class folders (or meta/*.txt lists via
-  name='imagelist'), or an ArrayRecord TFDS imagenet2012 via name='tfds'."""
-  return ml_collections.ConfigDict({
-      'name': 'imagefolder', 'root': 'data/imagenet', 'train_split': 'train', 'val_split': 'val',
-      'train_ann_file': 'meta/train.txt', 'val_ann_file': 'meta/val.txt', 'tfds_name': 'imagenet2012',
-      'train_subset_file': '',  # semi-supervised: SimCLR's 1percent.txt / 10percent.txt (see jssl/data/sources.py)
-      'image_size': 224, 'workers': 8, 'views': views, 'augment': augment,
-      'skip_corrupt_images': False,  # True: an unreadable image's record -> the next readable one, warned, counted
-      'mean': IMAGENET_MEAN, 'std': IMAGENET_STD,
-  })
-
-
-def digits_data(views, augment, image_size=32) -> ml_collections.ConfigDict:
-  """The embedded demo dataset: scikit-learn's 8x8 digits upsampled to `image_size` RGB (ships with sklearn)."""
-  return ml_collections.ConfigDict({
-      'name': 'digits', 'root': '', 'train_split': 'train', 'val_split': 'test',
-      'train_ann_file': '', 'val_ann_file': '', 'tfds_name': '',
-      'image_size': image_size, 'workers': 0, 'views': views, 'augment': augment, 'skip_corrupt_images': False,
-      'mean': IMAGENET_MEAN, 'std': IMAGENET_STD,
-  })
-
-
-# --- the augmentation recipes of the reference configs (on-device ops, after the host's crop + flip) -----------
-# kernel_size: the blur kernel, ~10% of the crop (23 at 224); sigma is sampled per image.
-
-def simclr_augment(blur_kernel):
-  """SimCLR, SwAV: strong color jitter (0.8, 0.8, 0.8, 0.2) p=0.8, grayscale p=0.2, blur p=0.5."""
-  return [
-      dict(type='ColorJitter', brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2, prob=0.8),
-      dict(type='RandomGrayscale', prob=0.2),
-      dict(type='GaussianBlur', sigma_min=0.1, sigma_max=2.0, kernel_size=blur_kernel, prob=0.5),
-  ]
-
-
-def mocov2_augment(blur_kernel):
-  """MoCo v2, SimSiam, DenseCL: color jitter (0.4, 0.4, 0.4, 0.1) p=0.8, grayscale p=0.2, blur p=0.5."""
-  return [
-      dict(type='ColorJitter', brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, prob=0.8),
-      dict(type='RandomGrayscale', prob=0.2),
-      dict(type='GaussianBlur', sigma_min=0.1, sigma_max=2.0, kernel_size=blur_kernel, prob=0.5),
-  ]
-
-
-def mocov1_augment():
-  """MoCo v1, NPID: grayscale p=0.2, then color jitter (0.4, 0.4, 0.4, 0.4) always."""
-  return [
-      dict(type='RandomGrayscale', prob=0.2),
-      dict(type='ColorJitter', brightness=0.4, contrast=0.4, saturation=0.4, hue=0.4, prob=1.0),
-  ]
-
-
-def byol_augment(blur_prob, solarize_prob, blur_kernel):
-  """BYOL's view pipeline: color jitter (0.4, 0.4, 0.2, 0.1) p=0.8, grayscale p=0.2, blur, solarize (threshold 128)."""
-  return [
-      dict(type='ColorJitter', brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, prob=0.8),
-      dict(type='RandomGrayscale', prob=0.2),
-      dict(type='GaussianBlur', sigma_min=0.1, sigma_max=2.0, kernel_size=blur_kernel, prob=blur_prob),
-      dict(type='Solarize', threshold=0.5, prob=solarize_prob),
-  ]
-
-
-def byol_augment_per_view(blur_kernel):
-  """BYOL, Barlow Twins, MoCo v3: asymmetric views, blur p=1.0 / solarize 0 and blur p=0.1 / solarize p=0.2."""
-  return [byol_augment(1.0, 0.0, blur_kernel), byol_augment(0.1, 0.2, blur_kernel)]
-
-
-def clustering_augment():
-  """DeepCluster's and ODC's on-device augmentation (after the host's RandomResizedCrop + flip)."""
-  return [dict(type='RandomRotation', degrees=2.),
-          dict(type='ColorJitter', brightness=0.4, contrast=0.4, saturation=1.0, hue=0.5, prob=1.0),
-          dict(type='RandomGrayscale', prob=0.2)]
-
-
-def demo_run(c: ml_collections.ConfigDict, image_size: int) -> None:
-  """Run-level settings of every ':demo' variant: minutes on a 2-core CPU."""
-  c.log_every = 10
-  c.checkpoint.every = 100
-  c.eval.update({'batch_size': 256, 'resize': image_size, 'crop': image_size, 'linear_epochs': 100})
 
 
 class ConfigError(Exception):

@@ -26,17 +26,26 @@ Variants (mmpretrain `.mim/configs/<method>/benchmarks/...`, hyper-parameters in
   :semi_10pct MMSelfSup's `resnet50_head1_4xb64-steplr1e-1-20e_in1k-{1,10}pct`: SGD lr 0.1, momentum 0.9, weight
               decay 5e-4, batch 256, 20 epochs, lr x 0.1 at 12 and 16, no mixup / RandAugment / smoothing.
   :demo       the MAE demo's ViT (workdirs/mae_demo) on the embedded digits: the MAE recipe at CPU scale.
+
+The random-init figure: the same command with --config.init.random_init=True.
+Demo: python -m jssl.main --config=configs/eval/finetune.py:demo --workdir=workdirs/mae_finetune
+Demo result: top-1 74.09% (random init 27.58%) on the MAE demo's backbone, digits test split
+Demo runtime: 210 s on 2 CPU cores (2026-11-23)
 """
 import ml_collections
 
+from configs import common
 from jssl import optim
-from jssl.config import base_config, demo_run, digits_data, imagenet_data
+from jssl.config import base_config
+
+VARIANTS = ('cae', 'demo', 'maskfeat', 'semi_10pct', 'semi_1pct', 'simmim', 'simmim_192', 'vit_h', 'vit_l')
 
 RANDAUGMENT = 'rand-m9-mstd0.5-inc1'
 ERASING = dict(type='RandomErasing', prob=0.25, min_area=0.02, max_area=1 / 3, mode='pixel')
 
 
 def get_config(arg=None):
+  arg = common.parse_arg(arg, __file__, VARIANTS)
   c = base_config()
   c.method = 'finetune'
   c.backbone.name = ''                 # '' -> the architecture of config.init.backbone
@@ -60,8 +69,7 @@ def get_config(arg=None):
                       'no_decay_names': optim.FINETUNE_NO_DECAY_NAMES, 'layer_decay': 0.65,
                       'layer_decay_kind': 'vit', 'grad_clip_norm': 0.})
   c.schedule.update({'name': 'cosine', 'warmup_epochs': 5., 'warmup_start_factor': 1e-4, 'min_lr': 1e-6})
-  c.data = imagenet_data(views=[dict(size=224, scale=(0.08, 1.0), interpolation='bicubic', flip_prob=0.5)],
-                         augment=[ERASING])
+  c.data = common.imagenet_data(common.views(224, interpolation='bicubic'), augment=[ERASING])
   c.data.randaugment = RANDAUGMENT
   c.data.train_subset_file = ''
   c.eval.interpolation = 'bicubic'
@@ -94,7 +102,7 @@ def get_config(arg=None):
     c.schedule.update({'warmup_epochs': 20., 'warmup_start_factor': 2.5e-7 / 1.25e-3, 'min_lr': 1e-6})
     if arg == 'simmim_192':
       c.backbone.kwargs.update({'img_size': 192, 'window_size': 6})
-      c.data.views = [dict(size=192, scale=(0.08, 1.0), interpolation='bicubic', flip_prob=0.5)]
+      c.data.views = common.views(192, interpolation='bicubic')
       c.eval.update({'resize': 219, 'crop': 192})
   elif arg in ('semi_1pct', 'semi_10pct'):
     c.backbone.kwargs = {}
@@ -105,26 +113,19 @@ def get_config(arg=None):
                     'label_smoothing': 0.})
     c.optimizer = ml_collections.ConfigDict({'name': 'sgd', 'lr': 0.1, 'momentum': 0.9, 'weight_decay': 5e-4})
     c.schedule.update({'name': 'step', 'milestones': (12, 16), 'gamma': 0.1, 'warmup_epochs': 0.})
-    c.data.views = [dict(size=224, scale=(0.08, 1.0), interpolation='bilinear', flip_prob=0.5)]
+    c.data.views = common.views(224)
     c.data.augment = []
     c.data.randaugment = ''
     c.data.train_subset_file = f'{arg[5:].replace("pct", "percent")}.txt'  # under config.data.root
     c.eval.interpolation = 'bilinear'
   elif arg == 'demo':
-    size = 32
-    c.data = digits_data(views=[dict(size=size, scale=(0.5, 1.0), interpolation='bicubic', flip_prob=0.0)],
-                         augment=[ERASING], image_size=size)
+    common.digits_demo(c, common.views(32, (0.5, 1.0), flip_prob=0., interpolation='bicubic'), augment=[ERASING])
     c.data.randaugment = RANDAUGMENT
     c.data.train_subset_file = ''
-    demo_run(c, size)
     c.eval.interpolation = 'bicubic'
     c.init.backbone = 'workdirs/mae_demo'
     c.model.num_classes = 10
-    c.batch_size = 128
     c.epochs = 10
     c.optimizer.lr = 2e-3 * 128 / 1024 * 4
     c.schedule.warmup_epochs = 1.
-  elif arg:
-    raise ValueError(f"configs/eval/finetune.py: unknown variant '{arg}'; valid: cae, demo, maskfeat, semi_10pct, "
-                     'semi_1pct, simmim, simmim_192, vit_h, vit_l')
   return c

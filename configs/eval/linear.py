@@ -17,13 +17,25 @@ Variants:
   :demo       the embedded digits (32 px), the backbone of the README demo (workdirs/simclr_demo) by default: a
               MoCo-protocol probe, 10 epochs, CPU seconds.
   :demo_mae   the MAE protocol on the MAE demo (workdirs/mae_demo).
+
+The random-init figures: the same command with --config.init.random_init=True.
+Demo: python -m jssl.main --config=configs/eval/linear.py:demo --workdir=workdirs/simclr_linear
+Demo result: top-1 96.66% (random init 72.98%) on the SimCLR demo's backbone, digits test split
+Demo runtime: 82 s on 2 CPU cores (2026-11-23)
+Demo: python -m jssl.main --config=configs/eval/linear.py:demo_mae --workdir=workdirs/mae_linear
+Demo result: top-1 86.35% (random init 62.67%) on the MAE demo's backbone, digits test split
+Demo runtime: 50 s on 2 CPU cores (2026-11-23)
 """
 import ml_collections
 
-from jssl.config import base_config, demo_run, digits_data, imagenet_data
+from configs import common
+from jssl.config import base_config
+
+VARIANTS = ('demo', 'demo_mae', 'mae', 'multihead')
 
 
 def get_config(arg=None):
+  arg = common.parse_arg(arg, __file__, VARIANTS)
   c = base_config()
   c.method = 'linear_probe'
   c.backbone.name = ''                 # '' -> the architecture of config.init.backbone
@@ -38,8 +50,7 @@ def get_config(arg=None):
   c.model.pool_backbone = 'resnet50'
   c.optimizer.update({'name': 'sgd', 'lr': 30., 'momentum': 0.9, 'weight_decay': 0., 'frozen_names': ('backbone',)})
   c.schedule.update({'name': 'step', 'milestones': (60, 80), 'gamma': 0.1, 'warmup_epochs': 0.})
-  c.data = imagenet_data(views=[dict(size=224, scale=(0.08, 1.0), interpolation='bilinear', flip_prob=0.5)],
-                         augment=[])
+  c.data = common.imagenet_data(common.views(224), augment=[])
   c.eval.at_end = False                # the evaluator reports val top-1 / top-5, not kNN
   c.eval.every = 0
   c.checkpoint.every = 5000
@@ -57,12 +68,8 @@ def get_config(arg=None):
     c.optimizer.update({'lr': 0.01, 'weight_decay': 1e-4})
     c.schedule.milestones = (30, 60, 90)
   if arg in ('demo', 'demo_mae'):
-    size = 32
-    c.data = digits_data(views=[dict(size=size, scale=(0.5, 1.0), interpolation='bicubic', flip_prob=0.0)],
-                         augment=[], image_size=size)
-    demo_run(c, size)
+    common.digits_demo(c, common.views(32, (0.5, 1.0), flip_prob=0., interpolation='bicubic'), augment=[])
     c.model.num_classes = 10
-    c.batch_size = 128
     c.epochs = 10
     if arg == 'demo':
       c.init.backbone = 'workdirs/simclr_demo'
@@ -73,6 +80,4 @@ def get_config(arg=None):
       c.model.feature = 'mean'
       c.optimizer.lr = 25.  # LARS moves a weight by lr x 0.001 x its norm per step: 110 steps need a large lr
       c.schedule.warmup_epochs = 1.
-  elif arg not in (None, '', 'mae', 'multihead'):
-    raise ValueError(f"configs/eval/linear.py: unknown variant '{arg}'; valid: demo, demo_mae, mae, multihead")
   return c
