@@ -18,9 +18,10 @@ class CheckpointError(FileNotFoundError):
 
 
 def make_manager(workdir: str, max_to_keep: int = 3, keep_period: int | None = None,
-                 async_save: bool = True) -> ocp.CheckpointManager:
+                 async_save: bool = True, create: bool = True) -> ocp.CheckpointManager:
+  """create=False: WORKDIR/checkpoints is not made until a save (readers leave a workdir as they found it)."""
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, keep_period=keep_period,
-                                         enable_async_checkpointing=async_save, create=True)
+                                         enable_async_checkpointing=async_save, create=create)
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'), options=options,
                                item_names=('state', 'data_iter'))
 
@@ -102,7 +103,7 @@ def restore_data_iter(manager: ocp.CheckpointManager, step: int, data_iter):
 def restore_params(workdir: str, abstract_state, step: int | None = None):
   """Only the TrainState of a workdir's checkpoint (for evaluation / export): `step`, or else the latest that reads
   back. Read-only: an unreadable step is only warned about (the next training run on the workdir moves it aside)."""
-  manager = make_manager(workdir, async_save=False)
+  manager = make_manager(workdir, async_save=False, create=False)
   args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
   if step is not None:
     return manager.restore(step, args=args)['state'], step

@@ -24,6 +24,9 @@ def base_config() -> ml_collections.ConfigDict:
   # a step with NaN/inf loss or gradients is never applied; 'stop': the run ends with an error naming the step at the
   # next log or checkpoint (no checkpoint is written after it); 'skip': training goes on, counted in the metrics
   c.nonfinite = 'stop'
+  # a resume may change the run's length, learning rate, logging, checkpoints, evaluation, layout; other fields only
+  # if named here (comma-separated fields or groups, e.g. 'seed,data.augment'); see jssl/train/workdir.py
+  c.allow_changed = ''
   c.checkpoint = ml_collections.ConfigDict({'every': 1000, 'keep': 3, 'keep_every': 0, 'async_save': True})
   c.eval = ml_collections.ConfigDict({
       'every': 0,                     # > 0: kNN monitor every N steps (evaluators: val accuracy)
