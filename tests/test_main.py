@@ -138,7 +138,7 @@ def test_missing_inputs_are_reported_before_anything_is_built(tmp_path, case):
                            "data not found: digits has no split 'nope' (config.data.val_split); valid: test, train"),
       'imagefolder_val_split': (
           ['--config.data.name=imagefolder', f'--config.data.root={image_folder(tmp_path / "data")}',
-           '--config.batch_size=4', '--config.eval.every=1'],
+           '--config.batch_size=4', '--config.eval.every=1', '--config.total_steps=2'],  # main: read after step 1
           f'data not found: {tmp_path}/data/test (config.data.val_split); point --config.data.val_split at the '
           f'sub-folder of {tmp_path}/data holding the val images, or run the \':demo\' variant which uses the '
           f'embedded digits dataset'),
@@ -150,7 +150,7 @@ def test_missing_inputs_are_reported_before_anything_is_built(tmp_path, case):
           f'config.init.backbone: {tmp_path}: a jssl workdir without checkpoints (its run has not saved one)'),
   }[case]
   (tmp_path / 'config.json').write_text(json.dumps({'backbone': {'name': 'resnet18', 'kwargs': {'num_filters': 8}}}))
-  proc = run_main(*SMALL, f'--workdir={workdir}', '--config.total_steps=1', *args)
+  proc = run_main(*SMALL, f'--workdir={workdir}', '--config.total_steps=1', *args)  # the last override counts
   assert_one_line_error(proc)
   assert proc.stderr.strip() == f'jssl: error: {expected}'
   assert not workdir.exists()  # nothing compiled, nothing written
