@@ -63,8 +63,8 @@ def _show(value):
 
 def check_resume(workdir: str, config, step: int):
   """The fields where `config` differs from the workdir's config.json, for a resume from checkpoint `step`:
-  [(field, old, new, why)] with why 'free' or 'allowed'. Raises ConfigError (nothing read or written besides
-  config.json) if one changes what is trained and config.allow_changed does not name it."""
+  [(field, old, new, why)] with why 'free' or 'allowed', or None where the workdir has no config.json. Raises
+  ConfigError if one changes what is trained and config.allow_changed does not name it. Reads only config.json."""
   path = os.path.join(workdir, 'config.json')
   text = read_text(path)
   if text is None:
@@ -86,7 +86,9 @@ def check_resume(workdir: str, config, step: int):
   if refused:
     shown = ', '.join(f'config.{f} {_show(o)} -> {_show(n)}' for f, o, n in refused[:3])
     more = f' (and {len(refused) - 3} more)' if len(refused) > 3 else ''
-    names = ','.join(f for f, _, _ in refused)
+    # the fields to name, or, where many changed (rather another config than a tweak), their groups
+    names = ','.join(f for f, _, _ in refused) if len(refused) <= 3 else \
+        ','.join(sorted({f.split('.')[0] for f, _, _ in refused}))
     raise ConfigError(f'resume of {workdir} (step {step}) refused, the config changes what is trained: {shown}'
                       f'{more} (against the run\'s {path}); resume with the run\'s config, or continue the '
                       f'checkpoint anyway with --config.allow_changed={names}, or use a new --workdir')

@@ -117,3 +117,12 @@ def test_checkpoint_steps_lists_complete_steps_only(tmp_path):
     (tmp_path / 'checkpoints' / name).mkdir(parents=True)
   (tmp_path / 'checkpoints' / '40').write_text('')  # not a directory
   assert workdir.checkpoint_steps(str(tmp_path)) == [10, 20]
+
+
+def test_many_refused_fields_are_summed_up_by_their_groups(tmp_path):
+  write_run(tmp_path, run_config())
+  new = run_config(**{'method': 'byol', 'seed': 1, 'batch_size': 8, 'dtype': 'bfloat16', 'model.tau': 0.99})
+  with pytest.raises(ConfigError, match=r': config\.batch_size 256 -> 8, config\.dtype "float32" -> "bfloat16", '
+                     r'config\.method "simclr" -> "byol" \(and 2 more\) \(against .*'
+                     r'--config\.allow_changed=batch_size,dtype,method,model,seed, or'):
+    workdir.check_resume(str(tmp_path), new, 70)
