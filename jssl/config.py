@@ -28,6 +28,9 @@ def base_config() -> ml_collections.ConfigDict:
   # the run ends with an error instead (1: never)
   c.nonfinite = 'stop'
   c.nonfinite_max_skipped = 0.5
+  # a resume may change the run's length, learning rate, logging, checkpoints, evaluation, layout; other fields only
+  # if named here (comma-separated fields or groups, e.g. 'seed,data.augment'); see jssl/train/workdir.py
+  c.allow_changed = ''
   c.checkpoint = ml_collections.ConfigDict({'every': 1000, 'keep': 3, 'keep_every': 0, 'async_save': True})
   c.eval = ml_collections.ConfigDict({
       'every': 0,                     # > 0: kNN monitor every N steps (evaluators: val accuracy)

@@ -3,9 +3,11 @@
   python -m jssl.main --config=configs/simclr.py:demo --workdir=/tmp/simclr_demo
   python -m jssl.main --config=configs/mae.py --workdir=gs://bucket/mae --config.batch_size=512
 
-Re-running on a workdir that holds a checkpoint resumes from it; SIGTERM saves a checkpoint and exits 0 (see
-docs/staying_up.md). Configuration mistakes (unknown field, wrong type, unknown method/backbone, missing data), a
-workdir in use by another run and an unreadable image file end with one line on stderr and exit code 2; a NaN/inf
+Re-running on a workdir that holds a checkpoint resumes from it (checked against the run's config.json: a changed
+length or learning rate is printed, a changed model, data or batch refused); SIGTERM saves a checkpoint and exits 0
+(see docs/staying_up.md). Configuration mistakes (unknown field, wrong type, unknown method/backbone, missing data or
+split, a batch the devices cannot split), a refused resume, a workdir in use by another run and an unreadable image
+file end with one line on stderr and exit code 2, before anything is compiled or written where they can be; a NaN/inf
 loss (config.nonfinite='stop') with one line naming the step and exit code 1.
 """
 import os
@@ -47,6 +49,11 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   if not _WORKDIR.value:
     fail('--workdir is required')
+  if _MODE.value == 'eval':  # before anything is imported or built: seconds, and nothing written to the workdir
+    from jssl.train.workdir import checkpoint_steps
+    if not checkpoint_steps(_WORKDIR.value):
+      fail(f'--workdir: no checkpoint in {os.path.join(_WORKDIR.value, "checkpoints")} to evaluate; train first '
+           f'(--mode=train), or point --workdir at a trained run')
   from jssl.data.sources import CorruptImageError, DataNotFoundError
   from jssl.convert.errors import ConversionError
   from jssl.checkpoint import CheckpointError
@@ -60,7 +67,7 @@ def main(argv):
     if jax.process_index() != 0:
       logging.set_verbosity(logging.WARNING)
     from jssl.train.loop import Trainer
-    trainer = Trainer(config, _WORKDIR.value)
+    trainer = Trainer(config, _WORKDIR.value, mode=_MODE.value)
     if _MODE.value == 'train':
       trainer.run()
     else:

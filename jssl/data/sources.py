@@ -508,6 +508,14 @@ def _require(path, key, what, cfg_path):
         f'digits dataset')
 
 
+def _require_split(dataset, split_name, valid, key, cfg_path):
+  """Raises the CLI-facing DataNotFoundError for a split `dataset` lacks."""
+  if split_name not in valid:
+    raise DataNotFoundError(
+        f'data not found: {dataset} has no split {split_name!r} '
+        f'({cfg_path}.{key}); valid: {", ".join(valid)}')
+
+
 def build_source(cfg, split, cfg_path='config.data'):
   """The source for role `split` ('train' or 'val') as configured by `cfg`.
 
@@ -543,8 +551,9 @@ def _build_source(cfg, split, cfg_path):
 
   if name == 'digits':
     default_split = 'train' if split == 'train' else 'test'
-    return DigitsSource(_get(cfg, split_key, default_split),
-                        size=_get(cfg, 'image_size', 32))
+    split_name = _get(cfg, split_key, default_split)
+    _require_split(name, split_name, ('test', 'train'), split_key, cfg_path)
+    return DigitsSource(split_name, size=_get(cfg, 'image_size', 32))
 
   if name in ('imagefolder', 'imagelist'):
     image_dir = os.path.join(root, _get(cfg, split_key, split))
@@ -574,7 +583,10 @@ def _build_source(cfg, split, cfg_path):
     cls = Cifar10Source if name == 'cifar10' else Cifar100Source
     _require(root, 'root', f'the folder holding {cls.folder}', cfg_path)
     default_split = 'train' if split == 'train' else 'test'
-    return cls(root, _get(cfg, split_key, default_split))
+    split_name = _get(cfg, split_key, default_split)
+    _require_split(name, split_name, sorted(cls.files), split_key,
+                   cfg_path)
+    return cls(root, split_name)
 
   # tfds
   tfds_name = _get(cfg, 'tfds_name')

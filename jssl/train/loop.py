@@ -1,6 +1,6 @@
 """Pretraining loop: build everything from the config, resume if the workdir has a checkpoint, run the jit'd
 train step over global batches, and do the periodic actions (log, checkpoint, kNN eval)."""
-import json
+import math
 import os
 import sys
 import time
@@ -12,11 +12,13 @@ import optax
 from absl import logging
 
 from jssl import checkpoint, optim
+from jssl.config import ConfigError
 from jssl.data import augment, loader, sources, transforms
 from jssl.evaluate import knn
 from jssl.evaluate.linear import fit_linear_probe
 from jssl.methods.base import build_method
 from jssl.train import guard, sharding
+from jssl.train import workdir as workdir_files
 from jssl.train.state import TrainState
 
 
@@ -90,18 +92,24 @@ def make_train_step(method, tx, augment_fns):
 class Trainer:
   """Everything built from a config; `run()` trains, `evaluate_knn()` evaluates."""
 
-  def __init__(self, config, workdir, num_records=None, devices=None):
-    """`num_records` stands in for the training set's size when no data is read (benchmarks, tests);
-    `devices` restricts the mesh to a subset of jax.devices()."""
+  def __init__(self, config, workdir, num_records=None, devices=None, mode='train'):
+    """`num_records` stands in for the training set's size when no data is read (benchmarks, tests, export);
+    `devices` restricts the mesh to a subset of jax.devices(). Where data is read, everything the run will read
+    and every batch size is checked here, before any compile (`check_inputs`); `mode`: 'train' (a training run,
+    with the evaluations its config asks for) or 'eval' (evaluation of a checkpoint only)."""
     resolve_pretrained_backbone(config)
     self.config = config
     self.workdir = workdir
-    if num_records is None:  # first, so that missing data is reported before any device work
+    reads_data = num_records is None
+    if reads_data:  # first, so that missing data is reported before any device work
       self.train_source = sources.build_source(config.data, 'train')
       num_records = len(self.train_source)
     self.mesh = sharding.make_mesh(**config.mesh, devices=devices)
     self.steps_per_epoch, self.total_steps = steps_for(config, num_records)
     self.method = build_method(config, self.total_steps, self.steps_per_epoch, num_records)
+    self.eval_every = config.eval.every or int(config.eval.get('every_epochs', 0) * self.steps_per_epoch)
+    if reads_data:
+      self.check_inputs(mode)
     accum = config.optimizer.get('grad_accum_steps', 1)
     self.schedule = optim.build_schedule(config.optimizer, config.schedule, self.steps_per_epoch // accum,
                                          self.total_steps // accum)
@@ -127,6 +135,51 @@ class Trainer:
                               in_shardings=(self.state_sharding, self.batch_sharding),
                               out_shardings=(self.state_sharding, sharding.replicated(self.mesh)),
                               donate_argnums=(0,))
+
+  def check_inputs(self, mode):
+    """Every split, file and path the run will read, and every batch against the devices and the training set,
+    checked before anything is compiled or written: a mistake found after hours of training costs those hours.
+    The val split is built (and kept for the evaluations) where the run will evaluate."""
+    c = self.config
+    classifier = hasattr(self.method, 'predict')  # an evaluator: val accuracy at the end
+    evaluates = mode == 'eval' or classifier or c.eval.at_end or self.eval_every
+    devices = self.mesh.size
+    if mode == 'train':
+      _check_divisible('config.batch_size', c.batch_size, devices)
+      if c.batch_size > len(self.train_source):
+        raise ConfigError(f'config.batch_size: {c.batch_size} is larger than the training set '
+                          f'({len(self.train_source)} images, {self.train_source!r}); valid: at most '
+                          f'{len(self.train_source) // devices * devices}')
+      if c.init.get('backbone') and not c.init.get('random_init', False) and \
+          (self.workdir is None or not workdir_files.checkpoint_steps(self.workdir)):  # a fresh run starts from it
+        self.check_pretrained_backbone(c.init.backbone)
+    if evaluates or hasattr(self.method, 'on_epoch'):  # the clustering methods extract features every epoch
+      _check_divisible('config.eval.batch_size', c.eval.batch_size, devices)
+    if evaluates:
+      self.val_source = sources.build_source(c.data, 'val')
+
+  def check_pretrained_backbone(self, path):
+    """config.init.backbone reads back as far as its metadata (architecture; a workdir's checkpoints) tell."""
+    from jssl import convert
+    try:
+      name, _ = convert.pretrained_arch(path)
+      if os.path.isdir(path) and not os.path.isfile(os.path.join(path, convert.BACKBONE_JSON)) and \
+          not workdir_files.checkpoint_steps(path):
+        raise convert.ConversionError(f'{path}: a jssl workdir without checkpoints (its run has not saved one)')
+    except convert.ConversionError as e:
+      raise convert.ConversionError(f'config.init.backbone: {e}') from None
+    self._check_backbone_name(name, path)
+
+  def _check_backbone_name(self, name, path):
+    if name != self.config.backbone.name:
+      raise ValueError(f"config.init.backbone: {path} holds a '{name}' backbone but config.backbone.name is "
+                       f"'{self.config.backbone.name}'; valid: {name}")
+
+  def source(self, split):
+    """The 'train' or 'val' source, built once (by __init__ where the run reads data)."""
+    if not hasattr(self, f'{split}_source'):
+      setattr(self, f'{split}_source', sources.build_source(self.config.data, split))
+    return getattr(self, f'{split}_source')
 
   def make_loader(self, epoch=None, method_state=None):
     """The training loader. Methods with epoch-level work (`on_epoch`) get one loader per epoch, reading the
@@ -184,9 +237,7 @@ class Trainer:
     imported backbone directory)."""
     from jssl import convert
     name, kwargs, variables = convert.load_pretrained_backbone(path)
-    if name != self.config.backbone.name:
-      raise ValueError(f"config.init.backbone: {path} holds a '{name}' backbone but config.backbone.name is "
-                       f"'{self.config.backbone.name}'; valid: {name}")
+    self._check_backbone_name(name, path)
     if self.config.init.get('strict', True):
       print(f'backbone initialized from {path}', flush=True)
       return convert.replace_backbone(state, variables)
@@ -242,8 +293,6 @@ class Trainer:
   def eval_features(self, state):
     """(train features, train labels, val features, val labels) that kNN reads, center-cropped."""
     d, e = self.config.data, self.config.eval
-    if not hasattr(self, '_eval_sources'):
-      self._eval_sources = (sources.build_source(d, 'train'), sources.build_source(d, 'val'))
     key = e.get('feature_stage', -1)
     if getattr(self, '_knn_extractor', (None,))[0] != key:  # compiled once per run for every state evaluated
       mean, std = jnp.asarray(d.mean, jnp.float32), jnp.asarray(d.std, jnp.float32)
@@ -251,9 +300,9 @@ class Trainer:
       self._knn_extractor = (key, knn.make_extractor(self.knn_extract_fn(), normalize, self.mesh))
     extractor, variables = self._knn_extractor[1], self.knn_variables(state)
     transform = transforms.ResizeCenterCrop(resize=e.resize, crop=e.crop, interpolation=e.interpolation)
-    train_f, train_y = knn.extract_features(extractor, variables, self._eval_sources[0], transform, e.batch_size,
+    train_f, train_y = knn.extract_features(extractor, variables, self.source('train'), transform, e.batch_size,
                                             self.mesh)
-    test_f, test_y = knn.extract_features(extractor, variables, self._eval_sources[1], transform, e.batch_size,
+    test_f, test_y = knn.extract_features(extractor, variables, self.source('val'), transform, e.batch_size,
                                           self.mesh)
     return train_f, train_y, test_f, test_y
 
@@ -261,8 +310,6 @@ class Trainer:
     """Top-1 / top-5 (%) of each of the method's classifiers (`method.predict`) on the val split, resized and
     center-cropped as config.eval says: {head name: {'top1', 'top5'}}."""
     d, e = self.config.data, self.config.eval
-    if not hasattr(self, '_val_source'):
-      self._val_source = sources.build_source(d, 'val')
     if not hasattr(self, '_predictor'):
       mean, std = jnp.asarray(d.mean, jnp.float32), jnp.asarray(d.std, jnp.float32)
       normalize = lambda x: (x.astype(jnp.float32) / 255. - mean) / std
@@ -274,7 +321,7 @@ class Trainer:
       self._predictor = knn.make_extractor(top5, normalize, self.mesh)
     transform = transforms.ResizeCenterCrop(resize=e.resize, crop=e.crop, interpolation=e.interpolation)
     ranked, labels = knn.extract_features(self._predictor, (state.params, state.model_state, state.method_state),
-                                          self._val_source,
+                                          self.source('val'),
                                           transform, e.batch_size, self.mesh)
     hits = ranked == labels[:, None, None]
     return {name: {'top1': 100. * float(hits[:, i, :1].any(-1).mean()),
@@ -286,7 +333,7 @@ class Trainer:
     result = self.evaluate_classifier(state)
     if is_main:
       _print_table(f'step {step} | {self.config.method} on the {self.config.data.val_split} split '
-                   f'({len(self._val_source)} images)', ['head', 'top-1 %', 'top-5 %'],
+                   f'({len(self.source("val"))} images)', ['head', 'top-1 %', 'top-5 %'],
                    [[name, f'{r["top1"]:.2f}', f'{r["top5"]:.2f}'] for name, r in result.items()])
       for name, r in result.items():
         writer.add_scalar(f'eval/{name}/top1', r['top1'], step)
@@ -337,7 +384,9 @@ class Trainer:
 
   def run(self):
     config, workdir = self.config, self.workdir
-    is_main = jax.process_index() == 0
+    steps = workdir_files.checkpoint_steps(workdir)
+    # a resume is checked against the run's config.json before anything is written (the lock file included)
+    self.resume_changes = workdir_files.check_resume(workdir, config, steps[-1]) if steps else []
     os.makedirs(workdir, exist_ok=True)
     lock = guard.lock_workdir(workdir)  # before anything is written: a second run on the workdir ends here
     try:
@@ -350,9 +399,6 @@ class Trainer:
   def _run(self, stop):
     config, workdir = self.config, self.workdir
     is_main = jax.process_index() == 0
-    if is_main:
-      with open(os.path.join(workdir, 'config.json'), 'w') as f:
-        f.write(config.to_json_best_effort(indent=2))
     # methods with epoch-level work read a new plan each epoch, built from the state, so their iterator is made
     # (and its position restored) after the state
     per_epoch = hasattr(self.method, 'on_epoch')
@@ -367,10 +413,17 @@ class Trainer:
       if per_epoch and step % self.steps_per_epoch and step < self.total_steps:
         data_iter = iter(self.make_loader(step // self.steps_per_epoch, state.method_state))
         checkpoint.restore_data_iter(manager, step, data_iter)
+      if is_main and self.resume_changes is None:
+        print(f'jssl: warning: {workdir} has checkpoints but no config.json: the resume could not be checked '
+              f'against the config of the run', file=sys.stderr, flush=True)
+      elif is_main and self.resume_changes:
+        workdir_files.print_changes(self.resume_changes, os.path.join(workdir, 'config.json'))
     else:
       state = self.init_state(jax.random.PRNGKey(config.seed))
       if config.init.get('backbone') and not config.init.get('random_init', False):
         state = self.load_backbone(state, config.init.backbone)
+    if is_main:  # once the start is accepted: a refused or failed one leaves the run's config.json as it was
+      workdir_files.write_config(workdir, config, int(state.step))
     writer = _summary_writer(workdir) if is_main else None
     step = int(state.step)
     accum = config.optimizer.get('grad_accum_steps', 1)
@@ -378,7 +431,7 @@ class Trainer:
     metrics, nonfinite, corrupt_images = None, int(state.nonfinite_steps), 0
     last_saved = (step, nonfinite)  # the window save_checkpoint checks for skipped steps
     classifier = hasattr(self.method, 'predict')  # an evaluator: val accuracy instead of kNN
-    eval_every = config.eval.every or int(config.eval.get('every_epochs', 0) * self.steps_per_epoch)
+    eval_every = self.eval_every
     while step < self.total_steps:
       if per_epoch and step % self.steps_per_epoch == 0:  # also on resuming at an epoch boundary: it is a function
         state, data_iter = self.start_epoch(state, step // self.steps_per_epoch)  # of the state, so it reruns exactly
@@ -462,11 +515,21 @@ class Trainer:
               f'{knn_random["top1"]:.2f}%', flush=True)
         writer.add_scalar('eval/knn_top1', knn_trained['top1'], step)
     if is_main:
-      with open(os.path.join(workdir, 'results.json'), 'w') as f:
-        json.dump(results, f, indent=2)
+      workdir_files.write_results(workdir, results)
       writer.close()
     manager.close()
     return state, results
+
+
+def _check_divisible(field, batch_size, devices):
+  """A global batch is split evenly over every device (and so over the processes, which read equal shares)."""
+  multiple = math.lcm(devices, jax.process_count())
+  if batch_size % multiple:
+    lower = batch_size // multiple * multiple
+    nearest = ' or '.join(str(b) for b in (lower, lower + multiple) if b > 0)
+    procs = f' of {jax.process_count()} processes' if jax.process_count() > 1 else ''
+    raise ConfigError(f'{field}: {batch_size} does not split evenly over the {devices} devices{procs}; nearest '
+                      f'valid: {nearest}')
 
 
 class NonFiniteError(FloatingPointError):

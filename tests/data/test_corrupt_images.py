@@ -159,7 +159,9 @@ RUN = ['-m', 'jssl.main', '--config=configs/mocov3.py:demo', '--config.data.name
 def test_cli_stops_with_one_line_naming_the_file(tmp_path, workers):
   _write_bad(str(tmp_path / 'data' / 'train'))  # only bad files: the first batch fails, before the train step compiles
   proc = run_python(RUN + [f'--config.data.root={tmp_path / "data"}', f'--workdir={tmp_path / "work"}',
-                           '--config.total_steps=1', f'--config.data.workers={workers}'], check=False, timeout=300)
+                           '--config.total_steps=1', f'--config.data.workers={workers}',
+                           '--config.batch_size=2'],  # the two files: a larger batch is refused before reading
+                    check=False, timeout=300)
   assert proc.returncode == 2, proc.stderr[-3000:]
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
