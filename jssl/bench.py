@@ -16,14 +16,12 @@ import json
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jssl.config import ConfigError, check_config, config_value, fail, parse_flags
-from jssl.train import sharding
+# jax (and jssl.train, which imports it) is imported by the functions that use it: --help starts fast
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/mae.py:demo.')
 _STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps (after one warm-up step).')
@@ -64,6 +62,7 @@ def device_peak_flops(device):
 
 def synthetic_batch(config, mesh, num_records, seed=0):
   """Random uint8 views plus what the loader adds: distinct dataset indices (memory banks) and labels."""
+  import jax
   from jssl.train.loop import example_batch
   rng = np.random.default_rng(seed)
   batch = jax.tree.map(lambda s: rng.integers(0, 256, s.shape, dtype=np.uint8), example_batch(config))
@@ -82,6 +81,7 @@ def default_num_records(config):
 
 
 def benchmark(config, steps=5, num_records=None):
+  import jax
   from jssl.train.loop import Trainer
   num_records = default_num_records(config) if num_records is None else num_records
   trainer = Trainer(config, workdir=None, num_records=num_records)
@@ -94,6 +94,8 @@ def benchmark(config, steps=5, num_records=None):
 
 def memory_analysis(config, num_records=None):
   """XLA's per-device memory for the config's train step, compiled for abstract inputs only."""
+  import jax
+  import jax.numpy as jnp
   from jssl.train.loop import Trainer, example_batch
   num_records = default_num_records(config) if num_records is None else num_records
   trainer = Trainer(config, workdir=None, num_records=num_records)
@@ -131,9 +133,12 @@ def cpu_memory_scheduler():
 
 def benchmark_backbone(name, image_size, batch_size, dtype, steps=5):
   """Forward + backward (train mode, a mean-of-features loss) of one backbone on one global batch."""
+  import jax
+  import jax.numpy as jnp
   import optax
   from jssl.methods.base import DTYPES
   from jssl.models import build_backbone
+  from jssl.train import sharding
   mesh = sharding.make_mesh()
   kwargs = {'img_size': image_size} if name.startswith(('vit', 'swin')) else {}
   model = build_backbone(name, dtype=DTYPES[dtype], **kwargs)
@@ -167,6 +172,7 @@ def _flops(stage) -> float:
 
 def time_step(step_fn, state, batch, batch_size, steps, head):
   """Compile time, XLA cost/memory analysis and the median wall time of `steps` calls of step_fn."""
+  import jax
   t0 = time.perf_counter()
   lowered = step_fn.lower(state, batch)
   compiled = lowered.compile()
@@ -213,7 +219,9 @@ def time_step(step_fn, state, batch, batch_size, steps, head):
 
 def benchmark_kmeans(n, d_in, d, k, iterations=20, repeats=3):
   """Seconds for PCA whitening and for one k-means iteration on [n, d_in] random features over all devices."""
-  from jssl.train import clustering
+  import jax
+  import jax.numpy as jnp
+  from jssl.train import clustering, sharding
   mesh = sharding.make_mesh()
   rows = clustering.row_sharding(mesh)
   n = -(-n // mesh.size) * mesh.size

@@ -214,7 +214,9 @@ def _try_restore(manager, step, args):
   try:
     return manager.restore(step, args=args), None
   except Exception as e:  # orbax/tensorstore raise many types (ValueError, FileNotFoundError, XlaRuntimeError, ...)
-    first = str(e).strip().splitlines()[0] if str(e).strip() else ''
+    while e.__cause__ is not None:  # orbax wraps TensorStore's error in one whose text is a repr of the store
+      e = e.__cause__
+    first = str(e).strip().splitlines()[0].split(' [tensorstore_spec')[0] if str(e).strip() else ''
     return None, f'{type(e).__name__}: {first[:300]}'
 
 

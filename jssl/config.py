@@ -91,9 +91,13 @@ def fail(message: str):
 
 
 def parse_flags(argv):
-  """absl flag parsing whose failures (unknown config field, wrong type, bad variant) are one line, exit 2."""
+  """absl flag parsing whose failures (unknown config field, wrong type, bad variant) are one line, exit 2;
+  --help / -h / --helpfull print the usage and exit 0."""
+  argv = [argv[0]] + ['--help' if a == '-h' else a for a in argv[1:]]  # -h as argparse tools have it
   try:
     return flags.FLAGS(argv)
+  except SystemExit as e:  # only absl's help flags exit while parsing, with 1 after printing what was asked
+    sys.exit(0 if e.code == 1 else e.code)
   except flags.Error as e:
     message = str(e).strip()
     if 'Traceback' in message:  # the config file's get_config raised: keep its own last line

@@ -42,11 +42,30 @@ def maybe_initialize_distributed():
     jax.distributed.initialize()
 
 
+def quiet_logs():
+  """What a run prints unless --verbosity is given (-v 0: absl's INFO lines and format for everything): library
+  INFO chatter off; jssl's own warnings as `jssl: warning: ...` lines, as its errors are; tensorboardX's warning
+  about the NaN/inf values it is given off: with config.nonfinite='skip' jssl writes them knowingly, and the
+  progress line and train/nonfinite_steps count those steps."""
+  import logging as python_logging
+  logging.set_verbosity(logging.WARNING)
+  python_logging.getLogger('tensorboardX.x2num').setLevel(python_logging.ERROR)
+  jssl_dir = os.path.dirname(os.path.abspath(__file__))
+  absl_format = logging.get_absl_handler().python_handler.formatter
+
+  class Plain(python_logging.Formatter):
+    def format(self, record):
+      if not record.pathname.startswith(jssl_dir):
+        return absl_format.format(record)
+      return f'jssl: {record.levelname.lower()}: {record.getMessage()}'
+  logging.get_absl_handler().setFormatter(Plain())
+
+
 def main(argv):
   del argv
   config = config_value(_CONFIG)
-  if not flags.FLAGS['verbosity'].present:  # orbax/jax INFO chatter off unless asked for (-v 0)
-    logging.set_verbosity(logging.WARNING)
+  if not flags.FLAGS['verbosity'].present:
+    quiet_logs()
   if not _WORKDIR.value:
     fail('--workdir is required')
   if _MODE.value == 'eval':  # before anything is imported or built: seconds, and nothing written to the workdir
@@ -67,6 +86,8 @@ def main(argv):
     if jax.process_index() != 0:
       logging.set_verbosity(logging.WARNING)
     from jssl.train.loop import Trainer
+    if jax.process_index() == 0:  # the data, the model and its compiled init: seconds to a minute
+      print(f'building {config.method} ({config.backbone.name}, {config.data.name} data) ...', flush=True)
     trainer = Trainer(config, _WORKDIR.value, mode=_MODE.value)
     if _MODE.value == 'train':
       trainer.run()
@@ -76,6 +97,8 @@ def main(argv):
         state, step = checkpoint.restore_params(_WORKDIR.value, trainer.abstract_state)
       except FileNotFoundError as e:  # --mode=eval on a workdir that has not trained
         fail(f'--workdir: {e}')
+      if jax.process_index() == 0:
+        print(f'evaluating step {step} on the {config.data.val_split} split ...', flush=True)
       if hasattr(trainer.method, 'predict'):  # an evaluator's workdir: its classifiers on the val split
         for name, r in trainer.evaluate_classifier(state).items():
           print(f'step {step} | {name} top-1 {r["top1"]:.2f} top-5 {r["top5"]:.2f}')

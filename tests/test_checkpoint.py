@@ -2,6 +2,7 @@ import os
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jssl import checkpoint
 
@@ -233,3 +234,22 @@ def test_an_unfinished_write_is_reported_removed_and_the_latest_complete_step_re
   assert checkpoint.restore(manager, small_tree())[1] == 4
   manager.close()
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['4']
+
+
+def test_unreadable_step_warning_says_what_tensorstore_found(tmp_path, capsys):
+  """The warning names the read that failed (TensorStore's own error), not orbax's wrapper around it, whose text is
+  a repr of the store's spec method (`<bound method pybind11_...spec of TensorStore({...`)."""
+  import jax
+  manager = checkpoint.make_manager(str(tmp_path), async_save=False)
+  tree = {'w': jax.random.normal(jax.random.key(0), (20000,))}  # random: a data file that compression cannot shrink
+  for step in (1, 2):
+    checkpoint.save(manager, step, tree)
+  data = max((tmp_path / 'checkpoints' / '2' / 'state').rglob('d/*'), key=lambda p: p.stat().st_size)
+  os.truncate(data, data.stat().st_size // 2)
+  (tmp_path / 'checkpoints' / '1' / 'state' / 'manifest.ocdbt').unlink()
+  with pytest.raises(checkpoint.CheckpointError):
+    checkpoint.restore_params(str(tmp_path), {'w': jax.numpy.zeros((20000,))})
+  warnings = capsys.readouterr().err.strip().splitlines()
+  assert len(warnings) == 2, warnings
+  assert 'OUT_OF_RANGE: Error reading "w/0"' in warnings[0] and 'NOT_FOUND' in warnings[1], warnings
+  assert not any('pybind11' in w or 'tensorstore_spec' in w or 'TensorStore(' in w for w in warnings), warnings

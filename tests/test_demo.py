@@ -1,5 +1,6 @@
-"""The demo entry point end to end (shortened): progress lines, TensorBoard events, checkpoints, resolved config,
-results.json with trained and random-init kNN; then the benchmark tool on the same config."""
+"""The demo entry point end to end (shortened): what it is doing before the first progress line, progress lines,
+TensorBoard events, checkpoints, resolved config, results.json with trained and random-init kNN, a last line saying
+where they are, nothing on stderr; then the benchmark tool on the same config."""
 import json
 
 import pytest
@@ -10,11 +11,15 @@ SHORT = ['--config.total_steps=12', '--config.log_every=4', '--config.checkpoint
 
 
 def check_demo(tmp_path, config, extra_args=()):
-  """Each method's test file calls this for its :demo (12 steps)."""
+  """Each method's test file calls this for its :demo (12 steps); returns (results.json, the process)."""
   proc = run_python(['-m', 'jssl.main', f'--config={config}', f'--workdir={tmp_path}', *SHORT, *extra_args],
                     optimize=True)
-  lines = [l for l in proc.stdout.splitlines() if l.startswith('step ')]
+  out = proc.stdout.splitlines()
+  lines = [l for l in out if l.startswith('step ')]
   assert lines[-1].startswith('step 12/12') and all(k in lines[-1] for k in ('loss', 'lr', 'img/s', 'ETA'))
+  assert out[0].startswith('building ') and out.index('compiling the train step ...') < out.index(lines[0]), out[:5]
+  assert out[-1] == (f'results: {tmp_path}/results.json | checkpoints: {tmp_path}/checkpoints | '
+                     f'TensorBoard events: {tmp_path}/tensorboard'), out[-1]
   assert 'top-1: trained' in proc.stdout
   results = json.loads((tmp_path / 'results.json').read_text())
   assert results['steps'] == 12
@@ -24,16 +29,19 @@ def check_demo(tmp_path, config, extra_args=()):
   assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit()) == ['12', '6']
   assert list((tmp_path / 'tensorboard').glob('events.out.tfevents.*'))
   assert json.loads((tmp_path / 'config.json').read_text())['total_steps'] == 12
-  return results
+  return results, proc
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize('config', ['configs/simclr.py:demo', pytest.param(
     'configs/barlowtwins.py:demo', marks=pytest.mark.heavy)])  # heavy: a second ResNet demo, SimCLR's covers the CLI
 def test_demo_writes_everything(tmp_path, config):
-  results = check_demo(tmp_path, config)
+  results, proc = check_demo(tmp_path, config)
   if config.startswith('configs/simclr.py'):  # --mode=eval: kNN of the latest checkpoint at MMSelfSup's four ks
+    assert proc.stderr == ''  # the README's first command: no library's log lines, no warning
     proc = run_python(['-m', 'jssl.main', f'--config={config}', f'--workdir={tmp_path}', '--mode=eval', *SHORT])
+    assert proc.stdout.splitlines()[:2] == ['building simclr (resnet18, digits data) ...',
+                                            'evaluating step 12 on the test split ...'] and proc.stderr == ''
     lines = [l for l in proc.stdout.splitlines() if l.startswith('step 12 | kNN')]
     assert [l.split('(k=')[1].split(',')[0] for l in lines] == ['10', '20', '100', '200'], proc.stdout
     assert f'kNN (k=20, T=0.07) top-1 {results["knn_top1"]:.2f}' in lines[1]  # the end-of-run figure again

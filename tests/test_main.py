@@ -183,3 +183,30 @@ def test_eval_without_checkpoint_writes_nothing(tmp_path):
     assert proc.stderr.strip() == (f'jssl: error: --workdir: no checkpoint in {workdir}/checkpoints to evaluate; '
                                    f'train first (--mode=train), or point --workdir at a trained run')
   assert os.listdir(tmp_path / 'empty') == [] and not (tmp_path / 'missing').exists()
+
+
+QUIET_LOGS = r'''
+import logging as python_logging, sys, tempfile
+from absl import logging
+from tensorboardX import SummaryWriter
+from jssl import main
+from jssl.train import guard
+main.flags.FLAGS(['jssl.main'])  # what app.run does
+logging.use_absl_handler()
+main.quiet_logs()
+guard.lock_workdir('gs://bucket/run')  # one of jssl's own warnings
+writer = SummaryWriter(tempfile.mkdtemp())
+writer.add_scalar('train/loss', float('nan'), 1)  # what a config.nonfinite='skip' run writes
+writer.close()
+python_logging.getLogger('some.library').warning('a library warning')
+logging.info('INFO chatter')
+'''
+
+
+def test_quiet_logs_jssl_warnings_plain_library_warnings_kept():
+  """Without --verbosity: jssl's own warnings are `jssl: warning:` lines like its errors, tensorboardX does not warn
+  about the NaN it is knowingly given, another library's warning keeps absl's format, INFO is off."""
+  lines = run_python(QUIET_LOGS).stderr.strip().splitlines()
+  assert len(lines) == 2, lines
+  assert lines[0] == 'jssl: warning: workdir gs://bucket/run is not local: no lock against a second run on it'
+  assert lines[1].startswith('W') and lines[1].endswith('] a library warning'), lines[1]

@@ -11,10 +11,15 @@
 set -euo pipefail
 PY=${PYTHON:-python}
 $PY -m pip install -q "torch==2.14.1" "torchvision==0.29.1" timm
-$PY -m pip install -q "setuptools<70" wheel importlib_metadata mat4py einops modelindex rich "mmengine==0.10.7"
+# mmcv-lite 2.2.0 is an sdist whose setup.py imports pkg_resources (removed in setuptools 82); it is built with this
+# environment's setuptools (--no-build-isolation: an isolated build would take the newest), which torch 2.14.1
+# needs at >= 77.0.3
+$PY -m pip install -q "setuptools>=77.0.3,<82" wheel importlib_metadata mat4py einops modelindex rich "mmengine==0.10.7"
 $PY -m pip install -q --no-build-isolation "mmcv-lite==2.2.0"
 $PY -m pip install -q --no-deps "mmpretrain==1.2.0"
 $PY - <<'PY'
+import warnings
+warnings.filterwarnings('ignore', 'Fail to import ``MultiScaleDeformableAttention``')  # mmcv-lite: no compiled ops
 import torch, timm, torchvision, mmpretrain, mmcv
 from mmpretrain.utils import register_all_modules
 register_all_modules()

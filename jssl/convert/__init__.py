@@ -18,9 +18,7 @@ import os
 import shutil
 import tempfile
 
-import jax
-import jax.numpy as jnp
-import ml_collections
+import ml_collections  # jax is imported by the functions that use it: `python -m jssl.convert --help` starts fast
 import numpy as np
 
 from jssl.convert import io, published
@@ -106,6 +104,7 @@ def backbone_subtree(state) -> dict:
 
 def backbone_variables(state) -> dict:
   """The backbone's variables as numpy arrays (what the key maps' to_torch takes)."""
+  import jax
   return jax.tree.map(np.asarray, backbone_subtree(state))
 
 
@@ -120,6 +119,7 @@ def _torch_leaf(name: str, value: np.ndarray) -> tuple[str, np.ndarray]:
 
 def flatten_to_torch(tree, prefix: str) -> dict:
   """Generic Flax tree -> {'prefix.a.b.weight': array} with torch layouts (jssl's module names, dot-joined)."""
+  import jax
   flat = {}
   for path, value in jax.tree_util.tree_flatten_with_path(tree)[0]:
     names = [str(getattr(p, 'key', getattr(p, 'name', getattr(p, 'idx', p)))) for p in path]
@@ -167,6 +167,8 @@ def export_workdir(workdir: str, dst: str, fmt: str, step: int | None = None, wh
 # --- importing released weights ---------------------------------------------------------------------------------
 def backbone_template(backbone_name: str, backbone_kwargs=None) -> dict:
   """{'params': ..., ['batch_stats': ...]} of ShapeDtypeStructs for the backbone (nothing is computed)."""
+  import jax
+  import jax.numpy as jnp
   from jssl.models import BACKBONES, build_backbone
   if backbone_name not in BACKBONES:
     raise ConversionError(f"unknown backbone '{backbone_name}'; valid: {', '.join(sorted(BACKBONES))}")
@@ -202,6 +204,7 @@ def import_backbone_file(src: str, backbone_name: str, fmt: str, backbone_kwargs
 
 
 def _import(src, backbone_name, fmt, backbone_kwargs, interpolate_pos_embed, take_from_file):
+  import jax
   from jssl.convert import keymap
   family = check_format(backbone_name, fmt)
   kwargs = dict(backbone_kwargs or {})
@@ -249,6 +252,8 @@ def replace_backbone(state, variables):
   """The TrainState with its backbone params (and BatchNorm statistics) replaced by imported `variables`,
   keeping each leaf's dtype and sharding. Optimizer and method state are left as they are: a method that keeps
   an EMA copy of the backbone in method_state (a momentum encoder) has to copy it again."""
+  import jax
+  import jax.numpy as jnp
   current = backbone_subtree(state)
   if jax.tree.structure(current) != jax.tree.structure(dict(variables)):
     raise ConversionError("imported backbone variables do not have the state's backbone structure "
@@ -303,6 +308,7 @@ def merge_backbone(state, variables):
   size are resized (`resize_relative_position_bias_table`). Returns (state, missing, unused): the state's
   leaves not in the checkpoint and the checkpoint's leaves the state lacks ('params/norm/scale', ...). A shared
   leaf of another shape is an error."""
+  import jax
   flat = lambda tree: {'/'.join(str(getattr(k, 'key', k)) for k in path): v
                        for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
   current, loaded = flat(backbone_subtree(state)), flat(dict(variables))

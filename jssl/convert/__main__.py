@@ -45,7 +45,7 @@ def fail(message: str):
 
 
 def parse_args(argv):
-  p = _Parser(prog='python -m jssl.convert', description=__doc__.split('\n')[0])
+  p = _Parser(prog='python -m jssl.convert', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('src', help='a jssl workdir (has config.json), or a .pth/.pt/.bin/.pkl/.safetensors file')
   p.add_argument('dst', help='export: the file to write; import: the directory to create')
   p.add_argument('--format', required=True,

@@ -59,10 +59,15 @@ def from_torch_file(path):
 
 
 def main(argv):
-  from jssl.models import dalle
-  if len(argv) != 2 or not argv[1].endswith('.npz'):
-    raise ConversionError('usage: python -m jssl.convert.dalle IN.pth OUT.npz')
-  src, dst = argv
+  from jssl.tools.cli import Parser
+  p = Parser(prog='jssl.convert.dalle', description=__doc__)
+  p.add_argument('src', help="the torch state dict (mmselfsup's dalle_encoder.pth)")
+  p.add_argument('dst', help='the .npz to write')
+  args = p.parse_args(argv)
+  src, dst = args.src, args.dst
+  from jssl.models import dalle  # after parsing: --help starts without jax
+  if not dst.endswith('.npz'):
+    raise ConversionError(f'{dst}: the output is an .npz file; usage: python -m jssl.convert.dalle IN.pth OUT.npz')
   params = from_torch_file(src)
   dalle.check_params(params, src)
   if not os.path.isdir(os.path.dirname(os.path.abspath(dst))):

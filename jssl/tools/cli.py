@@ -10,6 +10,12 @@ def fail(prog: str, message: str):
 
 
 class Parser(argparse.ArgumentParser):
+  """argparse whose usage errors are one line; `description` (the tool's docstring) is printed as written, its
+  example commands on their own lines."""
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+
   def error(self, message):
     fail(self.prog, message)
 

@@ -39,7 +39,7 @@ def extract_backbone(src: str, dst: str, step: int | None = None) -> tuple[str, 
 
 
 def parse_args(argv):
-  p = cli.Parser(prog=PROG, description=__doc__.split('\n')[0])
+  p = cli.Parser(prog=PROG, description=__doc__)
   p.add_argument('src', help='a jssl workdir, or a published .safetensors file')
   p.add_argument('dst', help='the directory to create (backbone.json + variables/)')
   p.add_argument('--step', type=int, default=None, help='workdir checkpoint step (default: the latest)')

@@ -198,4 +198,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  from jssl.config import parse_flags
+  app.run(main, flags_parser=parse_flags)

@@ -202,7 +202,7 @@ def table(title, modules, method_state, frozen_names=(), expand=False) -> tuple[
 
 
 def parse_args(argv):
-  p = cli.Parser(prog=PROG, description=__doc__.split('\n')[0])
+  p = cli.Parser(prog=PROG, description=__doc__)
   p.add_argument('spec', help='configs/X.py[:variant], a workdir, an imported backbone directory or a published '
                               '.safetensors file')
   p.add_argument('--step', type=int, default=None, help='workdir checkpoint step (default: the latest)')

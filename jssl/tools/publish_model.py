@@ -41,7 +41,7 @@ def publish(workdir: str, out: str, step: int | None = None, whole_model: bool =
 
 
 def parse_args(argv):
-  p = cli.Parser(prog=PROG, description=__doc__.split('\n')[0])
+  p = cli.Parser(prog=PROG, description=__doc__)
   p.add_argument('workdir', help='a jssl workdir (config.json + checkpoints/)')
   p.add_argument('out', help='the file name without the hash: OUT-<hash8>.safetensors is written')
   p.add_argument('--step', type=int, default=None, help='checkpoint step (default: the latest)')

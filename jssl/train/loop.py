@@ -432,14 +432,20 @@ class Trainer:
     last_saved = (step, nonfinite)  # the window save_checkpoint checks for skipped steps
     classifier = hasattr(self.method, 'predict')  # an evaluator: val accuracy instead of kNN
     eval_every = self.eval_every
+    start_step = step
     while step < self.total_steps:
       if per_epoch and step % self.steps_per_epoch == 0:  # also on resuming at an epoch boundary: it is a function
         state, data_iter = self.start_epoch(state, step // self.steps_per_epoch)  # of the state, so it reruns exactly
       batch = next(data_iter)
       corrupt_images += int(np.sum(batch.pop('corrupt', 0)))  # host-only: config.data.skip_corrupt_images
       batch = loader.to_global(batch, self.mesh)
+      if step == start_step and is_main:
+        print('compiling the train step ...', flush=True)
       state, metrics = self.train_step(state, batch)
       step += 1
+      if step == start_step + 1:  # this run's first step compiled: img/s and ETA count from its end
+        jax.block_until_ready(metrics)
+        last_time, last_step = time.time(), step
       logging_step = step % config.log_every == 0 or step == self.total_steps
       saving_step = step % config.checkpoint.every == 0 or step == self.total_steps
       if logging_step or saving_step:  # before anything is saved: a NaN step never reaches a checkpoint
@@ -448,21 +454,24 @@ class Trainer:
         metrics = {**jax.device_get(metrics), 'nonfinite_steps': nonfinite}
         if config.data.get('skip_corrupt_images'):  # replaced so far in this run, all processes -> train/corrupt_images
           metrics['corrupt_images'] = loader.sum_over_processes(corrupt_images)
-        now = time.time()
-        img_s = (step - last_step) * config.batch_size / (now - last_time)
+        now, timed = time.time(), step - last_step  # timed: 0 on the compiling first step itself
         lr = float(self.schedule((step - 1) // accum))
-        eta = (self.total_steps - step) * (now - last_time) / (step - last_step)
+        if timed:
+          img_s = timed * config.batch_size / (now - last_time)
+          eta = (self.total_steps - step) * (now - last_time) / timed
         last_time, last_step = now, step
         if is_main:
+          speed = f' | {img_s:.1f} img/s | ETA {_hms(eta)}' if timed else ''
           skipped = f' | skipped {nonfinite} non-finite steps' if nonfinite else ''
           if metrics.get('corrupt_images'):
             skipped += f' | {metrics["corrupt_images"]} unreadable images replaced'
           print(f'step {step}/{self.total_steps} | epoch {step / self.steps_per_epoch:.2f} | '
-                f'loss {metrics["loss"]:.4f} | lr {lr:.3g} | {img_s:.1f} img/s | ETA {_hms(eta)}{skipped}', flush=True)
-          for k, v in metrics.items():
+                f'loss {metrics["loss"]:.4f} | lr {lr:.3g}{speed}{skipped}', flush=True)
+          for k, v in metrics.items():  # NaN/inf too (config.nonfinite='skip'): what the step computed
             writer.add_scalar(f'train/{k}', float(v), step)
           writer.add_scalar('train/lr', lr, step)
-          writer.add_scalar('train/img_per_sec', img_s, step)
+          if timed:
+            writer.add_scalar('train/img_per_sec', img_s, step)
       if saving_step:
         last_saved = self.save_checkpoint(manager, step, state, data_iter, nonfinite, last_saved)
       if stop(step) and step < self.total_steps:  # SIGTERM: the same step on every process (see train/guard.py)
@@ -473,6 +482,7 @@ class Trainer:
         if is_main:
           print(f'preempted at step {step}: checkpoint saved in {manager.directory / str(step)}; run the same '
                 f'command again to resume', flush=True)
+          print(_outputs(workdir, results_written=False), flush=True)
           writer.close()
         manager.close()
         return state, {'steps': step, 'preempted': True}
@@ -487,11 +497,17 @@ class Trainer:
     manager.wait_until_finished()
     results = {'steps': step, 'train_seconds_this_run': round(time.time() - start_time, 1)}
     if classifier:
+      if is_main:
+        print(f'evaluating on the {config.data.val_split} split ...', flush=True)
       results['val'] = self.report_classifier(state, step, writer, is_main)
       results['init'] = ('random' if config.init.get('random_init', False) or not config.init.get('backbone')
                          else config.init.backbone)
     elif config.eval.at_end:
       e = config.eval
+      if is_main:
+        probe = ' and a linear probe' if e.get('linear_epochs', 0) else ''
+        print(f'evaluating: kNN{probe} on the {config.data.val_split} split, the trained and the random-init backbone '
+              f'...', flush=True)
       trained, random_init = [self.eval_features(s) for s in (state, self.init_state(jax.random.PRNGKey(config.seed)))]
       knn_trained, knn_random = [knn.knn_accuracy(*f, k=e.knn_k, temperature=e.knn_t, mesh=self.mesh)
                                   for f in (trained, random_init)]
@@ -517,6 +533,7 @@ class Trainer:
     if is_main:
       workdir_files.write_results(workdir, results)
       writer.close()
+      print(_outputs(workdir, results_written=True), flush=True)
     manager.close()
     return state, results
 
@@ -540,6 +557,14 @@ def _print_table(title, header, rows):
   widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
   line = lambda r: ' | '.join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
   print('\n'.join([title, line(header), '-+-'.join('-' * w for w in widths)] + [line(r) for r in rows]), flush=True)
+
+
+def _outputs(workdir, results_written):
+  """The last line of a run: where its results, checkpoints and TensorBoard events are."""
+  results = f'results: {os.path.join(workdir, "results.json")}' if results_written else \
+      'results.json: written when the run ends'
+  return (f'{results} | checkpoints: {os.path.join(workdir, "checkpoints")} | '
+          f'TensorBoard events: {os.path.join(workdir, "tensorboard")}')
 
 
 def _summary_writer(workdir):
