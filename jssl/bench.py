@@ -213,7 +213,7 @@ def time_step(step_fn, state, batch, batch_size, steps, head):
 
 def benchmark_kmeans(n, d_in, d, k, iterations=20, repeats=3):
   """Seconds for PCA whitening and for one k-means iteration on [n, d_in] random features over all devices."""
-  from jssl.train import clustering
+  from jssl.parts import clustering
   mesh = sharding.make_mesh()
   rows = clustering.row_sharding(mesh)
   n = -(-n // mesh.size) * mesh.size
