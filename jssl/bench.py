@@ -13,7 +13,6 @@ device's peak is known, and memory (XLA's compiled memory analysis; the allocato
 needs (arguments = state + batch shard, temporaries) for any mesh, e.g. a pod's on 8 simulated CPU devices.
 """
 import json
-import sys
 import time
 
 import numpy as np
@@ -221,7 +220,8 @@ def benchmark_kmeans(n, d_in, d, k, iterations=20, repeats=3):
   """Seconds for PCA whitening and for one k-means iteration on [n, d_in] random features over all devices."""
   import jax
   import jax.numpy as jnp
-  from jssl.train import clustering, sharding
+  from jssl.parts import clustering
+  from jssl.train import sharding
   mesh = sharding.make_mesh()
   rows = clustering.row_sharding(mesh)
   n = -(-n // mesh.size) * mesh.size

@@ -90,24 +90,6 @@ def info_nce(q, k, queue, temperature):
   return contrastive_head_loss(jnp.sum(q * k, axis=-1), q @ queue.astype(jnp.float32).T, temperature)
 
 
-def sinkhorn_knopp(scores, num_iters=3, epsilon=0.05):
-  """SwAV's codes: the equipartitioned soft assignment of N samples to K prototypes, [N, K] rows summing to 1.
-
-  Q = exp(scores / epsilon)^T [K, N], normalized to sum 1, then `num_iters` rounds of: rows to sum 1/K, columns to
-  sum 1/N; finally scaled by N. The sums run over the whole (global) array: under jit over global arrays that is
-  the all-reduce of the paper's `distributed_sinkhorn`. As the reference, 1e-12 is added to Q when a row sum
-  underflows to zero. Computed in float32, without gradient.
-  """
-  q = jnp.exp(jax.lax.stop_gradient(scores).astype(jnp.float32) / epsilon).T
-  num_prototypes, num_samples = q.shape
-  q = q / jnp.sum(q)
-  for _ in range(num_iters):
-    q = jnp.where(jnp.any(jnp.sum(q, axis=1) == 0), q + 1e-12, q)
-    q = q / jnp.sum(q, axis=1, keepdims=True) / num_prototypes
-    q = q / jnp.sum(q, axis=0, keepdims=True) / num_samples
-  return (q * num_samples).T
-
-
 def swapped_prediction_loss(scores, codes, crops_for_assign, temperature):
   """SwAV's swapped prediction: for each crop `c` in `crops_for_assign` with codes q_c [B, K], the cross-entropy
   -sum_k q_c log softmax(scores_v / T) averaged over the batch and over every other crop v; then averaged over

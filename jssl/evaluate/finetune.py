@@ -20,16 +20,16 @@ import optax
 
 from jssl.data.mix import mixup_cutmix
 from jssl.evaluate.linear import pooled_feature, top_k_correct
-from jssl.methods.base import compute_dtype
+from jssl.methods import base
 from jssl.models import build_backbone
 from jssl.models.heads import FinetuneHead
-from jssl.train.ema import ema_update
+from jssl.parts.ema import ema_update
 
 
-class Method:
+class Method(base.Method):
   def __init__(self, config, total_steps=0, steps_per_epoch=0, num_records=0):
     m, b = config.model, config.backbone
-    dtype = compute_dtype(config)
+    dtype = base.compute_dtype(config)
     self.backbone = build_backbone(b.name, dtype=dtype, **b.get('kwargs', {}))
     self.head = FinetuneHead(m.num_classes, init_std=m.head_init_std, dtype=dtype)
     self.num_classes = m.num_classes

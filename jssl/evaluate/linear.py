@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jssl.methods.base import compute_dtype
+from jssl.methods import base
 from jssl.models import build_backbone
 from jssl.models.backbone import map_output
 from jssl.models.heads import ClsHead, MAELinprobeHead, MultiClsHead
@@ -48,12 +48,12 @@ def top_k_correct(logits, labels, k):
   return (top == labels[:, None]).any(axis=1).astype(jnp.float32)
 
 
-class Method:
+class Method(base.Method):
   def __init__(self, config, total_steps=0, steps_per_epoch=0, num_records=0):
     m, b = config.model, config.backbone
     if m.head not in HEADS:
       raise ValueError(f"config.model.head: unknown head '{m.head}'; valid: {', '.join(HEADS)}")
-    dtype = compute_dtype(config)
+    dtype = base.compute_dtype(config)
     self.backbone = build_backbone(b.name, dtype=dtype, **b.get('kwargs', {}))
     self.feature = m.get('feature', 'cls')
     self.num_classes = m.num_classes
@@ -131,9 +131,6 @@ class Method:
     if head_stats is not None:
       model_state = {**model_state, 'batch_stats': {**model_state['batch_stats'], 'head': head_stats}}
     return metrics['loss'], (metrics, model_state, method_state)
-
-  def after_step(self, params, method_state, step):
-    return method_state
 
   def predict(self, params, model_state, method_state, images):
     """{head name: logits [B, num_classes]} in eval mode."""

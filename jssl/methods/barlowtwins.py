@@ -7,43 +7,29 @@ BatchNorm statistics of backbone and projector are per view, over the global bat
 each embedding dimension over the global batch and averages the correlation over all N samples.
 """
 import flax.linen as nn
-import jax.numpy as jnp
 
 from jssl import losses
-from jssl.methods.base import BackboneNeck, compute_dtype
+from jssl.methods import base
 from jssl.models import build_backbone
 from jssl.models.necks import NonLinearNeck
 
 
-class Method:
+class Method(base.Method):
   def __init__(self, config, total_steps=0, steps_per_epoch=0, num_records=0):
     del total_steps, steps_per_epoch, num_records  # no schedule or per-image state inside the method
-    dtype = compute_dtype(config)
+    dtype = base.compute_dtype(config)
     m = config.model
     self.lambd = m.lambd
-    self.net = BackboneNeck(
+    self.net = base.BackboneNeck(
         backbone=build_backbone(config.backbone.name, dtype=dtype, **config.backbone.get('kwargs', {})),
         # MMSelfSup: fc without bias, BN + ReLU between, no BN after the last fc; Kaiming-uniform fcs
         neck=NonLinearNeck(hid_channels=m.neck_hid_channels, out_channels=m.neck_out_channels,
                            num_layers=m.neck_num_layers, with_last_bn=False,
                            kernel_init=nn.initializers.variance_scaling(2.0, 'fan_out', 'uniform'), dtype=dtype))
 
-  def init(self, rng, batch):
-    variables = self.net.init(rng, batch['views'][0], train=False)
-    params = variables.pop('params')
-    return params, dict(variables), {}
-
   def loss(self, params, model_state, method_state, batch, rng, step):
     v1, v2 = batch['views'][:2]
-    apply = lambda state, images: self.net.apply({'params': params, **state}, images, train=True,
-                                                 mutable=list(state))
-    z1, model_state_1 = apply(model_state, v1)
-    z2, new_model_state = apply(dict(model_state_1), v2)  # running BN stats see view 1, then view 2
+    z1, model_state = self.forward(params, model_state, v1)
+    z2, model_state = self.forward(params, model_state, v2)  # running BN stats see view 1, then view 2
     loss = losses.cross_correlation_loss(z1, z2, self.lambd)
-    return loss, ({'loss': loss}, dict(new_model_state), method_state)
-
-  def after_step(self, params, method_state, step):
-    return method_state
-
-  def extract(self, params, model_state, images):
-    return self.net.apply({'params': params, **model_state}, images, method=BackboneNeck.features)
+    return loss, ({'loss': loss}, model_state, method_state)

@@ -1,4 +1,4 @@
-"""The Method interface and the registry of methods.
+"""The Method interface, its defaults, and the registry of methods.
 
 A method is a small object around Flax modules (see ../shared/design.md):
 
@@ -9,27 +9,37 @@ A method is a small object around Flax modules (see ../shared/design.md):
     after_step(params, method_state, step) -> method_state          # EMA targets, queues, memory banks
     extract(params, model_state, images) -> features [B, D]          # for kNN / linear eval / export
 
-Optional, for evaluators (jssl/evaluate/: linear probe, fine-tune), which the loop then scores on the val split:
+`batch['views']` is a tuple of normalized float images [B, H, W, C] (global arrays, augmented on device);
+`model_state` holds Flax mutable collections (batch_stats); `method_state` holds what gradients don't train, built
+from jssl/parts/ (EMA targets, queues, memory banks, clustering).
+
+`Method` below gives the defaults for a method around one Flax module `self.net` with a `features(images)` method
+(`BackboneNet`'s: the pooled last backbone output, what kNN / linear evaluation / export read), so that a method
+file holds its algorithm:
+`init` (the net at the first view, no method state; `init_net` for other inputs), `forward` (a train-mode forward
+returning the moved BatchNorm statistics), an identity `after_step` and `extract` (`self.net.features`).
+
+Optional capabilities, declared on `Method` (annotations only) and defined only by the methods that have them; the
+loop asks `hasattr(method, name)`:
 
     predict(params, model_state, method_state, images) -> {head name: logits [B, classes]}
-    head_names: the heads' names, in the order predict returns them
-
-Optional, for epoch-level work (DeepCluster's clustering of the whole training set):
-
-    on_epoch(state, epoch, trainer) -> (state, summary line)          # before every epoch, on the whole TrainState;
+    head_names: the heads' names, in the order predict returns them  # evaluators (jssl/evaluate/: linear probe,
+                                                                     # fine-tune); the loop scores them on val
+    on_epoch(state, epoch, trainer) -> (state, summary line)          # epoch-level work before every epoch, on the
+                                                                     # whole TrainState (DeepCluster's clustering);
                                                                      # trainer.extract_train_features gives the
                                                                      # training set's features, row-sharded
     epoch_indices(method_state, epoch, seed) -> int array | None     # the record order the epoch reads (None: a
                                                                      # plain shuffle), a function of the state so
                                                                      # that a resumed run reads the same plan
 
-`batch['views']` is a tuple of normalized float images [B, H, W, C] (global arrays, augmented on device);
-`model_state` holds Flax mutable collections (batch_stats); `method_state` holds what gradients don't train.
+Adding a method: jssl/methods/<name>.py defining `Method` (the registry finds it by its file name), configs/<name>.py
+and tests/methods/test_<name>.py.
 """
 import importlib
 import os
 import pkgutil
-from typing import Any, Protocol
+from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -48,24 +58,56 @@ METHODS = {**{name: f'jssl.methods.{ALIASES.get(name, name)}'
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
-class Method(Protocol):
-  def init(self, rng, batch) -> Any: ...
-  def loss(self, params, model_state, method_state, batch, rng, step) -> Any: ...
-  def after_step(self, params, method_state, step) -> Any: ...
-  def extract(self, params, model_state, images) -> Any: ...
+def split_variables(variables):
+  """Flax variables -> (params, model_state: the other collections, e.g. batch_stats)."""
+  model_state = dict(variables)
+  return model_state.pop('params'), model_state
 
 
-class BackboneNeck(nn.Module):
-  """backbone -> neck (projector) on the last backbone output; `features` is the global-average-pooled last
-  backbone stage, what kNN / linear evaluation / export use. Params: {'backbone': ..., 'neck': ...}."""
+class Method:
+  """Defaults of the protocol for a method whose network is `self.net` (see the module docstring)."""
+  net: nn.Module
+  # optional capabilities (the module docstring): declared, not defined, so that hasattr finds only real ones
+  predict: Callable
+  head_names: Sequence[str]
+  on_epoch: Callable
+  epoch_indices: Callable
+
+  def init_net(self, rng, *inputs):
+    """(params, model_state) of `self.net` initialized at `inputs`, in eval mode."""
+    return split_variables(self.net.init(rng, *inputs, train=False))
+
+  def init(self, rng, batch):
+    return (*self.init_net(rng, batch['views'][0]), {})
+
+  def forward(self, params, model_state, *inputs, **kwargs):
+    """`self.net` in train mode: (outputs, model_state with the BatchNorm statistics the forward moved)."""
+    out, new_state = self.net.apply({'params': params, **model_state}, *inputs, train=True,
+                                    mutable=list(model_state), **kwargs)
+    return out, dict(new_state)
+
+  def after_step(self, params, method_state, step):
+    return method_state
+
+  def extract(self, params, model_state, images):
+    return self.net.apply({'params': params, **model_state}, images, method='features')
+
+
+class BackboneNet(nn.Module):
+  """A network around a `backbone` (its params: 'backbone'); `features`, what kNN / linear evaluation / export
+  read, is the global-average-pooled last backbone output, in eval mode. Methods' networks extend it."""
   backbone: nn.Module
+
+  def features(self, images):
+    return global_avg_pool(self.backbone(images, train=False)[-1])
+
+
+class BackboneNeck(BackboneNet):
+  """backbone -> neck (projector) on the last backbone output. Params: {'backbone': ..., 'neck': ...}."""
   neck: nn.Module
 
   def __call__(self, images, train: bool = True):
     return self.neck(self.backbone(images, train=train)[-1], train=train)
-
-  def features(self, images):
-    return global_avg_pool(self.backbone(images, train=False)[-1])
 
 
 def compute_dtype(config):

@@ -4,9 +4,9 @@ one; no negatives. The target's momentum follows a cosine schedule from `base_mo
 CosineEMA with `momentum = 1 - base_momentum`).
 
 As in MMSelfSup, each view goes through the networks on its own, so BatchNorm statistics are per view (over the
-global batch: SyncBN). The target runs in train mode (batch statistics), like the reference's target network; its
-BatchNorm running statistics are the online ones (the reference's `update_buffers=False` copies the online
-buffers into the target at every update), so `method_state` holds only the target's parameters.
+global batch: SyncBN). The target (`method_state['target']`, jssl/parts/ema.py: its params and BatchNorm
+statistics) runs in train mode (batch statistics), like the reference's target network; its running statistics
+are the online ones, copied at every update and moved by its own forwards (the reference's `update_buffers=False`).
 
 Step alignment with the reference: MMSelfSup updates the target at the start of iteration t (before the target
 forward) with the online weights of that moment and the momentum of step t; here `after_step` of step t does the
@@ -17,19 +17,17 @@ Loss: 2 - 2 cos(p1, z2) + 2 - 2 cos(p2, z1) (normalized MSE, summed over both di
 2 * (-cos(p1, z2) - cos(p2, z1)), i.e. the same minus the constant 4: the gradients are equal.
 """
 import flax.linen as nn
-import jax
 
 from jssl import losses
-from jssl.methods.base import compute_dtype
+from jssl.methods import base
 from jssl.models import build_backbone
-from jssl.models.necks import NonLinearNeck, global_avg_pool
-from jssl.train.ema import cosine_momentum, ema_update
+from jssl.models.necks import NonLinearNeck
+from jssl.parts.ema import EmaTarget
 
 TARGET_PARTS = ('backbone', 'neck')  # what the target network holds: backbone + projector
 
 
-class BYOLNet(nn.Module):
-  backbone: nn.Module
+class BYOLNet(base.BackboneNet):
   neck: nn.Module   # projector
   head: nn.Module   # predictor (MMSelfSup's LatentPredictHead.predictor)
 
@@ -39,17 +37,13 @@ class BYOLNet(nn.Module):
   def project(self, images, train: bool = True):
     return self.neck(self.backbone(images, train=train)[-1], train=train)
 
-  def features(self, images):
-    return global_avg_pool(self.backbone(images, train=False)[-1])
 
-
-class Method:
+class Method(base.Method):
   def __init__(self, config, total_steps=0, steps_per_epoch=0, num_records=0):
     del steps_per_epoch, num_records
-    dtype = compute_dtype(config)
+    dtype = base.compute_dtype(config)
     m = config.model
-    self.total_steps = total_steps
-    self.base_momentum = m.base_momentum
+    self.ema = EmaTarget(m.base_momentum, TARGET_PARTS, schedule='cosine', total_steps=total_steps)
     self.net = BYOLNet(
         backbone=build_backbone(config.backbone.name, dtype=dtype, **config.backbone.get('kwargs', {})),
         # the reference's projector and predictor: fcs with biases (except the last), BN + ReLU between, no last BN
@@ -59,45 +53,24 @@ class Method:
                            with_bias=True, with_last_bn=False, with_avg_pool=False, dtype=dtype))
 
   def init(self, rng, batch):
-    variables = self.net.init(rng, batch['views'][0], train=False)
-    params = variables.pop('params')
-    model_state = dict(variables)
+    params, model_state = self.init_net(rng, batch['views'][0])
     # the target starts as a copy of the online backbone + projector
-    target = {k: params[k] for k in TARGET_PARTS}
-    return params, model_state, {'target': target}
-
-  def momentum(self, step):
-    """The target's momentum m(step) (target <- m * target + (1 - m) * online), cosine from base_momentum to 1."""
-    return cosine_momentum(step, self.total_steps, self.base_momentum)
+    return params, model_state, {'target': self.ema.init(params, model_state)}
 
   def loss(self, params, model_state, method_state, batch, rng, step):
     v1, v2 = batch['views'][:2]
-
-    def online(state, images):
-      p, new_state = self.net.apply({'params': params, **state}, images, train=True, mutable=list(state))
-      return p, dict(new_state)
-
-    p1, model_state = online(model_state, v1)
-    p2, model_state = online(model_state, v2)
-
-    # target: train-mode BN (batch statistics); its running statistics are the online ones and are not kept
-    target = {'params': method_state['target'],
-              'batch_stats': {k: model_state['batch_stats'][k] for k in TARGET_PARTS}}
-    project = lambda images: self.net.apply(target, images, train=True, method=BYOLNet.project,
-                                            mutable=['batch_stats'])[0]
-    z1, z2 = jax.lax.stop_gradient(project(v1)), jax.lax.stop_gradient(project(v2))
-
+    p1, model_state = self.forward(params, model_state, v1)
+    p2, model_state = self.forward(params, model_state, v2)
+    # target: train-mode BN (batch statistics), from the online running statistics (update_buffers=False)
+    target = self.ema.with_online_stats(method_state['target'], model_state)
+    z1, target = self.ema.forward(self.net, target, v1, method=BYOLNet.project)
+    z2, target = self.ema.forward(self.net, target, v2, method=BYOLNet.project)
     # symmetric: each view's prediction regresses the other view's target projection
     loss = losses.cosine_similarity_loss(p1, z2) + losses.cosine_similarity_loss(p2, z1)
-    metrics = {'loss': loss, 'momentum': self.momentum(step)}
-    return loss, (metrics, model_state, method_state)
+    metrics = {'loss': loss, 'momentum': self.ema.momentum(step)}
+    return loss, (metrics, model_state, {**method_state, 'target': target})
 
   def after_step(self, params, method_state, step):
     """target <- m * target + (1 - m) * online, on the freshly updated online params (the reference's update at
     the start of step + 1)."""
-    online = {k: params[k] for k in TARGET_PARTS}
-    target = ema_update(method_state['target'], online, self.momentum(step + 1))
-    return {**method_state, 'target': target}
-
-  def extract(self, params, model_state, images):
-    return self.net.apply({'params': params, **model_state}, images, method=BYOLNet.features)
+    return {**method_state, 'target': self.ema.update(method_state['target'], params, step + 1)}

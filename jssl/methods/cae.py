@@ -14,10 +14,11 @@ As mmpretrain 1.2's `CAE` (+ CAEPretrainViT, CAENeck, CAEHead, CAELoss, the `DAL
 - Encoder: fixed 2-D sin-cos positions (the cls row zero), q/v biases, layer scale 0.1, final LayerNorm; init as
   CAEPretrainViT (the ViT's init_mode='cae' unless config.backbone.kwargs names another): Linears Xavier-uniform,
   patch projection truncated normal (0.02), cls token truncated normal (0.02). The sin-cos table is jssl's (MAE's), a channel permutation of mmpretrain's: an equivalent model.
-- Teacher: at init a copy of the encoder. The reference encodes the targets with the teacher and then, in the
-  same iteration and before the optimizer step, updates it: teacher <- m * teacher + (1 - m) * encoder, so the
-  targets of iteration i come from the encoder of iteration i - 1 (m = base_momentum = 0 in the recipe). `loss`
-  does the same (it returns the updated teacher in method_state); `after_step` has nothing to do.
+- Teacher (`method_state['target']`, jssl/parts/ema.py: {'params': {'backbone': ...}}, the reference's `teacher`):
+  at init a copy of the encoder. The reference encodes the targets with the teacher and then, in the same
+  iteration and before the optimizer step, updates it: teacher <- m * teacher + (1 - m) * encoder, so the targets
+  of iteration i come from the encoder of iteration i - 1 (m = base_momentum = 0 in the recipe). `loss` does the
+  same (it returns the updated teacher in method_state); `after_step` has nothing to do.
 - Tokenizer: the frozen DALL-E encoder (jssl/models/dalle.py) on the 112-px resize of the same crop (the view's
   `second_size`), pixels mapped to DALL-E's range as TwoNormDataPreprocessor (mean -31.875, std 318.75 on 0..255);
   argmax of its logits. Its weights live in method_state (never in params, so never optimized or decayed).
@@ -28,11 +29,11 @@ import jax.numpy as jnp
 import optax
 
 from jssl.data.masks import block_masking
-from jssl.methods.base import compute_dtype
+from jssl.methods import base
 from jssl.models import build_backbone, dalle
 from jssl.models.necks import CAENeck
 from jssl.models.vit import VisionTransformer
-from jssl.train.ema import ema_update
+from jssl.parts.ema import EmaTarget
 
 
 class CAENet(nn.Module):
@@ -60,13 +61,13 @@ def cae_loss(logits, target, latent_pred, latent_target, lambd):
   return main, lambd * align
 
 
-class Method:
+class Method(base.Method):
   def __init__(self, config, total_steps=0, steps_per_epoch=0, num_records=0):
     del total_steps, steps_per_epoch, num_records  # m is constant; no per-image state
-    dtype = compute_dtype(config)
+    dtype = base.compute_dtype(config)
     m = config.model
     self.lambd = m.lambd
-    self.momentum = m.base_momentum
+    self.ema = EmaTarget(m.base_momentum, parts=('backbone',))  # the teacher: a momentum copy of the encoder
     self.mask_cfg = dict(num_masking_patches=m.num_masking_patches, min_num_patches=m.min_num_patches,
                          max_num_patches=m.get('max_num_patches') or None, min_aspect=m.min_aspect)
     kwargs = {'remat': config.get('remat', False), 'init_mode': 'cae', **config.backbone.get('kwargs', {})}
@@ -110,10 +111,9 @@ class Method:
     # any mask of the right count gives the shapes (drawing a block mask would only lengthen the init's compile)
     ids = jnp.broadcast_to(jnp.arange(self.grid ** 2), (images.shape[0], self.grid ** 2))
     ids_keep, ids_masked = jnp.split(ids, [self.grid ** 2 - self.mask_cfg['num_masking_patches']], axis=1)
-    variables = self.net.init(rng, images, ids_keep, ids_masked, train=False)
-    params = dict(variables.pop('params'))
+    params, model_state = self.init_net(rng, images, ids_keep, ids_masked)
     tokenizer = jax.tree.map(jnp.asarray, self.tokenizer)
-    return params, dict(variables), {'teacher': params['backbone'], 'tokenizer': tokenizer}
+    return params, model_state, {'target': self.ema.init(params, model_state), 'tokenizer': tokenizer}
 
   def targets(self, tokenizer, view):
     """Token ids [B, N] of the tokenizer's view (normalized with config.data.mean/std like every view)."""
@@ -123,21 +123,16 @@ class Method:
     images, tokenizer_view = batch['views'][:2]
     mask_rng, dropout_rng = jax.random.split(rng)
     ids_keep, ids_masked = self.split(self.mask(mask_rng, images.shape[0]))
-    logits, latent_pred = self.net.apply({'params': params, **model_state}, images, ids_keep, ids_masked,
-                                         train=True, rngs={'dropout': dropout_rng})
+    (logits, latent_pred), model_state = self.forward(params, model_state, images, ids_keep, ids_masked,
+                                                      rngs={'dropout': dropout_rng})
     # the teacher encodes the masked patches alone; its latents (cls dropped) are the regressor's targets
-    teacher = method_state['teacher']
-    latent_target = self.net.backbone.apply({'params': teacher}, images, train=False, ids_keep=ids_masked)[:, 1:]
+    teacher = method_state['target']
+    latent_target = self.net.backbone.apply({'params': teacher['params']['backbone']}, images, train=False,
+                                            ids_keep=ids_masked)[:, 1:]
     target = jnp.take_along_axis(self.targets(method_state['tokenizer'], tokenizer_view), ids_masked, axis=1)
     main, align = cae_loss(logits, target, latent_pred, jax.lax.stop_gradient(latent_target), self.lambd)
     loss = main + align
     # the reference's momentum_update, in the same iteration, with the encoder before this step's update
-    teacher = ema_update(teacher, jax.lax.stop_gradient(params['backbone']), self.momentum)
+    teacher = self.ema.update(teacher, jax.lax.stop_gradient(params), step)
     metrics = {'loss': loss, 'main': main, 'align': align}
-    return loss, (metrics, model_state, {**method_state, 'teacher': teacher})
-
-  def after_step(self, params, method_state, step):
-    return method_state
-
-  def extract(self, params, model_state, images):
-    return self.net.apply({'params': params, **model_state}, images, method=CAENet.features)
+    return loss, (metrics, model_state, {**method_state, 'target': teacher})

@@ -6,7 +6,7 @@ Before every epoch (MMSelfSup's DeepClusterHook with initial=True, interval=1), 
      eval mode, eval transform (resize + centre crop); rows stay sharded over all devices;
   2. PCA to `pca_dim` (256) with whitening, then L2 normalization (faiss PCAMatrix(eigen_power=-0.5));
   3. k-means with k = `num_clusters` (10,000), `kmeans_iterations` (20, faiss' default) Lloyd iterations from k
-     random rows, empty clusters re-seeded by splitting large ones, on the accelerators (jssl/train/clustering.py);
+     random rows, empty clusters re-seeded by splitting large ones, on the accelerators (jssl/parts/clustering.py);
   4. each image's cluster is its pseudo-label (`method_state['labels']`, addressed by dataset index);
   5. the epoch reads the training set uniformly over pseudo-classes (`epoch_indices`: MMSelfSup's
      DeepClusterSampler, the paper's UnifLabelSampler);
@@ -20,12 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jssl.losses import weighted_cross_entropy
-from jssl.methods.base import compute_dtype
+from jssl.methods import base
 from jssl.models import build_backbone
 from jssl.models.heads import ClsHead
 from jssl.models.layers import check_sobel_input, sobel
 from jssl.models.necks import global_avg_pool
-from jssl.train import clustering
+from jssl.parts import clustering
 
 
 class ClusterClassifier(nn.Module):
@@ -42,7 +42,7 @@ class ClusterClassifier(nn.Module):
     return self.head(self.features(images, train=train))
 
 
-class Method:
+class Method(base.Method):
   def __init__(self, config, total_steps=0, steps_per_epoch=0, num_records=0):
     del total_steps, steps_per_epoch
     m = config.model
@@ -55,33 +55,25 @@ class Method:
     self.uniform_sampling = m.uniform_sampling
     self.reweight = m.reweight
     self.reweight_pow = m.reweight_pow
-    dtype = compute_dtype(config)
+    dtype = base.compute_dtype(config)
     self.head = ClsHead(num_classes=m.num_clusters, dtype=dtype)
     self.net = ClusterClassifier(
         backbone=build_backbone(config.backbone.name, dtype=dtype, **config.backbone.get('kwargs', {})),
         head=self.head, with_sobel=m.with_sobel)
 
   def init(self, rng, batch):
-    variables = self.net.init(rng, batch['views'][0], train=False)
-    params = variables.pop('params')
+    params, model_state = self.init_net(rng, batch['views'][0])
     method_state = {'labels': jnp.zeros((self.num_records,), jnp.int32),
                     'loss_weight': jnp.full((self.num_clusters,), 1. / self.num_clusters, jnp.float32)}
-    return params, dict(variables), method_state
+    return params, model_state, method_state
 
   def loss(self, params, model_state, method_state, batch, rng, step):
     del rng, step
-    logits, new_model_state = self.net.apply({'params': params, **model_state}, batch['views'][0], train=True,
-                                             mutable=list(model_state))
+    logits, model_state = self.forward(params, model_state, batch['views'][0])
     labels = method_state['labels'][batch['index'].astype(jnp.int32)]
     loss = weighted_cross_entropy(logits, labels, method_state['loss_weight'] if self.reweight else None)
     accuracy = jnp.mean(jnp.argmax(logits, axis=1) == labels)
-    return loss, ({'loss': loss, 'pseudo_label_acc': accuracy}, dict(new_model_state), method_state)
-
-  def after_step(self, params, method_state, step):
-    return method_state
-
-  def extract(self, params, model_state, images):
-    return self.net.apply({'params': params, **model_state}, images, method=ClusterClassifier.features)
+    return loss, ({'loss': loss, 'pseudo_label_acc': accuracy}, model_state, method_state)
 
   # --- epoch-level: the clustering -------------------------------------------------------------------------------
   def cluster(self, features, index, rng, mesh):

@@ -13,37 +13,33 @@ loss = (1 - lambda) * global + lambda * dense, with lambda = 0 for the first `lo
 reference's DenseCLHook). Shuffle-BN: the keys' BatchNorm statistics come from `shuffle_bn_groups` groups of a
 randomly permuted batch (jssl.models.shuffle_bn), the reference's per-GPU BN over a batch shuffled across 8 GPUs.
 
-method_state: 'target' (key encoder params; its BN always normalizes with batch statistics, so it keeps no running
-statistics), 'queue' / 'queue2' [K, D] (normalized keys, rows = entries) with 'queue_ptr' / 'queue2_ptr'.
-Order within a step as in the reference: the key encoder seen by step t is the EMA including the parameters after
-step t - 1 (after_step), the queues used by step t hold keys up to step t - 1, and step t's keys are enqueued by
-`loss` (which returns the new method_state).
+method_state: 'target' (the key encoder, jssl/parts/ema.py: EMA params, and BatchNorm statistics copied from the
+query encoder and moved by the key forward as MoCo v2's; it always normalizes with batch statistics), 'queue' /
+'queue2' (jssl/parts/queue.py: normalized keys [K, D], rows = entries, and their pointers). Order within a step as
+in the reference: the key encoder seen by step t is the EMA including the parameters after step t - 1
+(after_step), the queues used by step t hold keys up to step t - 1, and step t's keys are enqueued by `loss`
+(which returns the new method_state).
 """
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from jssl import losses
-from jssl.methods.base import compute_dtype
-from jssl.models import build_backbone
-from jssl.models.necks import DenseCLNeck, global_avg_pool
-from jssl.models.shuffle_bn import shuffled_group_bn
-from jssl.train.ema import ema_update
-from jssl.train.queue import enqueue
+from jssl.methods import base
+from jssl.models import build_backbone, shuffle_bn
+from jssl.models.necks import DenseCLNeck
+from jssl.parts import queue as fifo
+from jssl.parts.ema import EmaTarget
 
 
-class DenseCLNet(nn.Module):
+class DenseCLNet(base.BackboneNet):
   """backbone -> DenseCLNeck on the last backbone output. Returns (feature map [B, H, W, C], global [B, D],
   dense [B, H*W, D], dense mean [B, D]); `features` is the pooled last stage (kNN / linear eval / export)."""
-  backbone: nn.Module
   neck: nn.Module
 
   def __call__(self, images, train: bool = True):
     feature_map = self.backbone(images, train=train)[-1]
     return (feature_map, *self.neck(feature_map, train=train))
-
-  def features(self, images):
-    return global_avg_pool(self.backbone(images, train=False)[-1])
 
 
 def match_dense_keys(q_backbone, k_backbone, k_grid):
@@ -57,15 +53,17 @@ def match_dense_keys(q_backbone, k_backbone, k_grid):
   return index, jnp.take_along_axis(k_grid, index[..., None], axis=1)
 
 
-class Method:
+class Method(base.Method):
   def __init__(self, config, total_steps=0, steps_per_epoch=0, num_records=0):
     del total_steps, steps_per_epoch, num_records  # constant momentum, no per-image state
-    dtype = compute_dtype(config)
+    dtype = base.compute_dtype(config)
     m = config.model
+    fifo.check_length(m.queue_len, config.batch_size)
+    shuffle_bn.check_groups(m.shuffle_bn_groups, config.batch_size)
     self.temperature = m.temperature
     self.queue_len = m.queue_len
     self.feat_dim = m.neck_out_channels
-    self.momentum = m.momentum
+    self.ema = EmaTarget(m.momentum)
     self.loss_lambda = m.loss_lambda
     self.loss_lambda_warmup = m.loss_lambda_warmup
     self.shuffle_bn_groups = m.shuffle_bn_groups
@@ -76,15 +74,11 @@ class Method:
 
   def init(self, rng, batch):
     param_rng, queue_rng, queue2_rng = jax.random.split(rng, 3)
-    variables = self.net.init(param_rng, batch['views'][0], train=False)
-    params = variables.pop('params')
-    random_queue = lambda key: losses.l2_normalize(jax.random.normal(key, (self.queue_len, self.feat_dim)))
-    method_state = {
-        'target': jax.tree.map(jnp.copy, params),  # the key encoder starts as a copy of the query encoder
-        'queue': random_queue(queue_rng), 'queue_ptr': jnp.zeros((), jnp.int32),
-        'queue2': random_queue(queue2_rng), 'queue2_ptr': jnp.zeros((), jnp.int32),
-    }
-    return params, dict(variables), method_state
+    params, model_state = self.init_net(param_rng, batch['views'][0])
+    method_state = {'target': self.ema.init(params, model_state),  # the key encoder: a copy of the query encoder
+                    'queue': fifo.init(queue_rng, self.queue_len, self.feat_dim),
+                    'queue2': fifo.init(queue2_rng, self.queue_len, self.feat_dim)}
+    return params, model_state, method_state
 
   def lambda_at(self, step):
     """The dense loss weight at `step`: 0 during the warmup, then loss_lambda."""
@@ -93,38 +87,27 @@ class Method:
   def loss(self, params, model_state, method_state, batch, rng, step):
     v1, v2 = batch['views'][:2]
     b = v1.shape[0]
-    (q_map, q, q_grid, _), new_model_state = self.net.apply(
-        {'params': params, **model_state}, v1, train=True, mutable=list(model_state))
-
-    def encode_key(images):  # train-mode BN over `images` only; its running statistics are not kept
-      out, _ = self.net.apply({'params': method_state['target'], **model_state}, images, train=True,
-                              mutable=list(model_state))
-      return out
-
-    k_map, k, k_grid, k2 = jax.lax.stop_gradient(
-        shuffled_group_bn(encode_key, v2, self.shuffle_bn_groups, rng))
+    (q_map, q, q_grid, _), model_state = self.forward(params, model_state, v1)
+    # the key encoder from the query encoder's running statistics (update_buffers=False), with shuffle-BN
+    target = self.ema.with_online_stats(method_state['target'], model_state)
+    (k_map, k, k_grid, k2), key_stats = shuffle_bn.key_forward(self.net, target, v2, self.shuffle_bn_groups, rng)
     k = losses.l2_normalize(k.astype(jnp.float32))
     k2 = losses.l2_normalize(k2.astype(jnp.float32))
     k_grid = losses.l2_normalize(k_grid.astype(jnp.float32))
 
-    loss_single = losses.info_nce(q, k, method_state['queue'], self.temperature)
+    loss_single = losses.info_nce(q, k, method_state['queue']['keys'], self.temperature)
     _, k_matched = match_dense_keys(jax.lax.stop_gradient(q_map.reshape(b, -1, q_map.shape[-1])),
                                     k_map.reshape(b, -1, k_map.shape[-1]), k_grid)
     loss_dense = losses.info_nce(q_grid.reshape(-1, q_grid.shape[-1]), k_matched.reshape(-1, k_matched.shape[-1]),
-                                 method_state['queue2'], self.temperature)
+                                 method_state['queue2']['keys'], self.temperature)
     lam = self.lambda_at(step)
     loss = (1. - lam) * loss_single + lam * loss_dense
 
-    queue, queue_ptr = enqueue(method_state['queue'], method_state['queue_ptr'], k)
-    queue2, queue2_ptr = enqueue(method_state['queue2'], method_state['queue2_ptr'], k2)
-    new_method_state = {**method_state, 'queue': queue, 'queue_ptr': queue_ptr, 'queue2': queue2,
-                        'queue2_ptr': queue2_ptr}
+    new_method_state = {**method_state, 'target': {**target, 'batch_stats': key_stats},
+                        'queue': fifo.push(method_state['queue'], k), 'queue2': fifo.push(method_state['queue2'], k2)}
     metrics = {'loss': loss, 'loss_single': loss_single, 'loss_dense': loss_dense, 'loss_lambda': lam}
-    return loss, (metrics, dict(new_model_state), new_method_state)
+    return loss, (metrics, model_state, new_method_state)
 
   def after_step(self, params, method_state, step):
     """Momentum update of the key encoder with the parameters after this step's optimizer update."""
-    return {**method_state, 'target': ema_update(method_state['target'], params, self.momentum)}
-
-  def extract(self, params, model_state, images):
-    return self.net.apply({'params': params, **model_state}, images, method=DenseCLNet.features)
+    return {**method_state, 'target': self.ema.update(method_state['target'], params, step + 1)}

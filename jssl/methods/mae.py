@@ -7,7 +7,7 @@ import jax.numpy as jnp
 
 from jssl import losses
 from jssl.data.masks import random_masking
-from jssl.methods.base import compute_dtype
+from jssl.methods import base
 from jssl.models import build_backbone
 from jssl.models.necks import MAEDecoder
 from jssl.models.vit import token_features
@@ -52,10 +52,10 @@ class MAENet(nn.Module):
     return token_features(self.backbone(images, train=False), self.feature)
 
 
-class Method:
+class Method(base.Method):
   def __init__(self, config, total_steps=0, steps_per_epoch=0, num_records=0):
     del total_steps, steps_per_epoch, num_records  # no schedule or per-image state inside the method
-    dtype = compute_dtype(config)
+    dtype = base.compute_dtype(config)
     m = config.model
     self.mask_ratio = m.mask_ratio
     self.norm_pix = m.norm_pix
@@ -77,21 +77,12 @@ class Method:
   def init(self, rng, batch):
     images = batch['views'][0]
     ids_keep, _, ids_restore = random_masking(jax.random.key(0), images.shape[0], self.num_patches, self.mask_ratio)
-    variables = self.net.init(rng, images, ids_keep, ids_restore, train=False)
-    params = variables.pop('params')
-    return params, dict(variables), {}
+    return (*self.init_net(rng, images, ids_keep, ids_restore), {})
 
   def loss(self, params, model_state, method_state, batch, rng, step):
     images = batch['views'][0]
     mask_rng, dropout_rng = jax.random.split(rng)
     ids_keep, mask, ids_restore = random_masking(mask_rng, images.shape[0], self.num_patches, self.mask_ratio)
-    pred = self.net.apply({'params': params, **model_state}, images, ids_keep, ids_restore, train=True,
-                          rngs={'dropout': dropout_rng})
+    pred, model_state = self.forward(params, model_state, images, ids_keep, ids_restore, rngs={'dropout': dropout_rng})
     loss = losses.masked_mse(pred, pixel_targets(images, self.patch_size, self.norm_pix), mask)
     return loss, ({'loss': loss}, model_state, method_state)
-
-  def after_step(self, params, method_state, step):
-    return method_state
-
-  def extract(self, params, model_state, images):
-    return self.net.apply({'params': params, **model_state}, images, method=MAENet.features)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from jssl import losses
 from jssl.data.masks import block_masking
-from jssl.methods.base import compute_dtype
+from jssl.methods import base
 from jssl.models import build_backbone
 from jssl.models.hog import hog_features
 from jssl.models.necks import LinearNeck
@@ -38,10 +38,10 @@ class MaskFeatNet(nn.Module):
     return token_features(self.backbone(images, train=False), self.feature)
 
 
-class Method:
+class Method(base.Method):
   def __init__(self, config, total_steps=0, steps_per_epoch=0, num_records=0):
     del total_steps, steps_per_epoch, num_records  # no schedule or per-image state inside the method
-    dtype = compute_dtype(config)
+    dtype = base.compute_dtype(config)
     m = config.model
     kwargs = {'remat': config.get('remat', False), 'init_mode': 'maskfeat', **config.backbone.get('kwargs', {}),
               'mask_token': True}
@@ -78,22 +78,14 @@ class Method:
   def init(self, rng, batch):
     images = batch['views'][0]
     mask = jnp.zeros((images.shape[0], self.grid * self.grid), jnp.float32)
-    variables = self.net.init(rng, images, mask, train=False)
-    params = dict(variables.pop('params'))
-    return params, dict(variables), {}
+    params, model_state = self.init_net(rng, images, mask)
+    return params, model_state, {}
 
   def loss(self, params, model_state, method_state, batch, rng, step):
     images = batch['views'][0]
     mask_rng, dropout_rng = jax.random.split(rng)
     mask = self.masks(mask_rng, images.shape[0])
-    pred = self.net.apply({'params': params, **model_state}, images, mask, train=True,
-                          rngs={'dropout': dropout_rng})
+    pred, model_state = self.forward(params, model_state, images, mask, rngs={'dropout': dropout_rng})
     target = hog_features(images, **self.hog)  # of the normalized images, as the reference (no gradient needed)
     loss = losses.masked_mse(pred, target, mask)
     return loss, ({'loss': loss}, model_state, method_state)
-
-  def after_step(self, params, method_state, step):
-    return method_state
-
-  def extract(self, params, model_state, images):
-    return self.net.apply({'params': params, **model_state}, images, method=MaskFeatNet.features)

@@ -12,8 +12,9 @@ The cross entropy is the mean over the global batch: the reference averages per-
 
 Details that follow the reference (mmpretrain `MoCoV3`, `MoCoV3ViT`, `MoCoV3Head`, `NonLinearNeck`, `CosineEMA`):
 - Each view goes through the networks on its own, so BatchNorm statistics (projector, predictor; ResNet backbone)
-  are per view, over the global batch (SyncBN). The momentum encoder runs in train mode (batch statistics); its
-  running statistics are those of the base encoder (`update_buffers=False`), it holds only EMA params here.
+  are per view, over the global batch (SyncBN). The momentum encoder (`method_state['target']`, jssl/parts/ema.py)
+  runs in train mode (batch statistics); its running statistics are the base encoder's, copied at every update and
+  moved by its own forwards (`update_buffers=False`).
 - Momentum: target <- m * target + (1 - m) * online with m rising from `base_momentum` (0.99) to 1 on a cosine
   over the run (mmpretrain writes `base_momentum=0.01` for the weight of the online params: 1 - 0.99). The
   reference updates the momentum encoder at the start of iteration i with the params after i optimizer steps and
@@ -33,11 +34,11 @@ import jax.numpy as jnp
 import optax
 
 from jssl import losses
-from jssl.methods.base import compute_dtype
+from jssl.methods import base
 from jssl.models import build_backbone
 from jssl.models.necks import NonLinearNeck, global_avg_pool, torch_linear_init
 from jssl.models.vit import VisionTransformer
-from jssl.train.ema import cosine_momentum, ema_update
+from jssl.parts.ema import EmaTarget
 
 TARGET_PARTS = ('backbone', 'neck')  # the momentum encoder: backbone + projector
 
@@ -73,13 +74,12 @@ def contrastive_loss(pred, target, temperature):
   return 2. * temperature * optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-class Method:
+class Method(base.Method):
   def __init__(self, config, total_steps=0, steps_per_epoch=0, num_records=0):
     del steps_per_epoch, num_records
-    dtype = compute_dtype(config)
+    dtype = base.compute_dtype(config)
     m = config.model
-    self.total_steps = total_steps
-    self.base_momentum = m.base_momentum
+    self.ema = EmaTarget(m.base_momentum, TARGET_PARTS, schedule='cosine', total_steps=total_steps)
     self.temperature = m.temperature
     backbone = build_backbone(config.backbone.name, dtype=dtype, **config.backbone.get('kwargs', {}))
     self.vit = isinstance(backbone, VisionTransformer)
@@ -97,40 +97,22 @@ class Method:
         head=neck(m.pred_hid_channels, m.neck_out_channels, 2, m.pred_with_last_bn))
 
   def init(self, rng, batch):
-    variables = self.net.init(rng, batch['views'][0], train=False)
-    params = dict(variables.pop('params'))
+    params, model_state = self.init_net(rng, batch['views'][0])
     # the momentum encoder starts as a copy of the base encoder's backbone + projector
-    target = {k: params[k] for k in TARGET_PARTS}
-    return params, dict(variables), {'target': target}
-
-  def momentum(self, step):
-    return cosine_momentum(step, self.total_steps, self.base_momentum)
+    return params, model_state, {'target': self.ema.init(params, model_state)}
 
   def loss(self, params, model_state, method_state, batch, rng, step):
     v1, v2 = batch['views'][:2]
-
-    def base(state, images):
-      p, new_state = self.net.apply({'params': params, **state}, images, train=True, mutable=list(state))
-      return p, dict(new_state)
-
-    p1, model_state_1 = base(model_state, v1)
-    p2, new_model_state = base(model_state_1, v2)  # running BN stats see view 1, then view 2
-
-    # keys: the momentum encoder in train mode (batch statistics); its running statistics are discarded
-    target_vars = {'params': method_state['target']}
-    if 'batch_stats' in model_state:
-      target_vars['batch_stats'] = {k: v for k, v in model_state['batch_stats'].items() if k in TARGET_PARTS}
-    keys = lambda images: jax.lax.stop_gradient(self.net.apply(
-        target_vars, images, train=True, method=MoCoV3Net.project, mutable=['batch_stats'])[0])
-    k1, k2 = keys(v1), keys(v2)
-
+    p1, model_state = self.forward(params, model_state, v1)
+    p2, model_state = self.forward(params, model_state, v2)  # running BN stats see view 1, then view 2
+    # keys: the momentum encoder in train mode (batch statistics) from the base encoder's running statistics
+    target = self.ema.with_online_stats(method_state['target'], model_state)
+    k1, target = self.ema.forward(self.net, target, v1, method=MoCoV3Net.project)
+    k2, target = self.ema.forward(self.net, target, v2, method=MoCoV3Net.project)
     loss = contrastive_loss(p1, k2, self.temperature) + contrastive_loss(p2, k1, self.temperature)
-    return loss, ({'loss': loss, 'momentum': self.momentum(step)}, new_model_state, method_state)
+    metrics = {'loss': loss, 'momentum': self.ema.momentum(step)}
+    return loss, (metrics, model_state, {**method_state, 'target': target})
 
   def after_step(self, params, method_state, step):
     """target <- m * target + (1 - m) * online with the freshly updated params and m of the next iteration."""
-    online = {k: params[k] for k in TARGET_PARTS}
-    return {**method_state, 'target': ema_update(method_state['target'], online, self.momentum(step + 1))}
-
-  def extract(self, params, model_state, images):
-    return self.net.apply({'params': params, **model_state}, images, method=MoCoV3Net.features)
+    return {**method_state, 'target': self.ema.update(method_state['target'], params, step + 1)}

@@ -1,9 +1,9 @@
 """ODC (Zhan et al. 2020, Online Deep Clustering): the pseudo-labels evolve with the network, step by step, instead of
 being recomputed by a global clustering every epoch.
 
-Memories (`method_state`, MMSelfSup's ODCMemory): the samples memory holds every image's L2-normalized feature
-(`features`, [N, 256]) and pseudo-label (`labels`, [N]); the centroids memory holds the clusters' mean features
-(`centroids`, [K, 256]).
+Memories (`method_state['memory']`, jssl/parts/memory.py; MMSelfSup's ODCMemory): the samples memory holds every
+image's L2-normalized feature (`features`, [N, 256]) and pseudo-label (`labels`, [N]); the centroids memory holds
+the clusters' mean features (`centroids`, [K, 256]). `method_state['loss_weight']`: the classes' loss weights.
   0. Once, before the first epoch: features of the whole training set (backbone -> ODCNeck, eval mode),
      L2-normalized, k-means with k = `num_clusters` on the devices (no PCA: the reference's pca_dim=-1); the
      memories start from them (centroids: the clusters' means).
@@ -26,12 +26,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jssl.losses import l2_normalize, weighted_cross_entropy
-from jssl.methods.base import compute_dtype
+from jssl.methods import base
 from jssl.models import build_backbone
 from jssl.models.heads import ClsHead
 from jssl.models.layers import check_sobel_input, sobel
 from jssl.models.necks import ODCNeck, global_avg_pool
-from jssl.train import clustering, memory
+from jssl.parts import clustering, memory
 
 
 class ODCNet(nn.Module):
@@ -55,7 +55,7 @@ class ODCNet(nn.Module):
     return global_avg_pool(self.backbone_out(images, False))
 
 
-class Method:
+class Method(base.Method):
   def __init__(self, config, total_steps=0, steps_per_epoch=0, num_records=0):
     del total_steps, steps_per_epoch
     m = config.model
@@ -71,7 +71,7 @@ class Method:
     self.reweight = m.reweight
     self.reweight_pow = m.reweight_pow
     self.kmeans_iterations = m.kmeans_iterations
-    dtype = compute_dtype(config)
+    dtype = base.compute_dtype(config)
     self.net = ODCNet(
         backbone=build_backbone(config.backbone.name, dtype=dtype, **config.backbone.get('kwargs', {})),
         neck=ODCNeck(hid_channels=m.neck_hid_channels, out_channels=m.neck_out_channels, dtype=dtype),
@@ -79,48 +79,38 @@ class Method:
 
   def init(self, rng, batch):
     net_rng, bank_rng = jax.random.split(rng)
-    variables = self.net.init(net_rng, batch['views'][0], train=False)
-    params = variables.pop('params')
+    params, model_state = self.init_net(net_rng, batch['views'][0])
     # a valid memory from the start (random unit features, labels by index); the initial clustering replaces it
     # before the first step (the reference starts from zeros and fills them the same way)
-    bank = memory.init_bank(bank_rng, self.num_records, self.feat_dim)
-    labels = jnp.arange(self.num_records, dtype=jnp.int32) % self.num_clusters
-    centroids = memory.compute_centroids(bank, labels, jnp.zeros((self.num_clusters, self.feat_dim), jnp.float32))
-    method_state = {'features': bank, 'labels': labels, 'centroids': centroids,
-                    'loss_weight': clustering.loss_weights(labels, self.num_clusters, self.reweight_pow)}
-    return params, dict(variables), method_state
+    bank = memory.init(bank_rng, self.num_records, self.feat_dim, self.num_clusters)
+    return params, model_state, {'memory': bank, 'loss_weight': self.loss_weights(bank['labels'])}
+
+  def loss_weights(self, labels):
+    return clustering.loss_weights(labels, self.num_clusters, self.reweight_pow)
 
   def loss(self, params, model_state, method_state, batch, rng, step):
     del step
     index = batch['index'].astype(jnp.int32)
-    (feature, logits), new_model_state = self.net.apply(
-        {'params': params, **model_state}, batch['views'][0], train=True, mutable=list(model_state),
-        rngs={'dropout': rng})
-    labels = method_state['labels'][index]
+    (feature, logits), model_state = self.forward(params, model_state, batch['views'][0], rngs={'dropout': rng})
+    labels = method_state['memory']['labels'][index]
     loss = weighted_cross_entropy(logits, labels, method_state['loss_weight'] if self.reweight else None)
     # the samples memory: momentum update of the features, then each image's label from the centroids
-    bank, rows = memory.momentum_update(method_state['features'], index, feature.astype(jnp.float32),
-                                        self.memory_momentum)
-    new_labels = memory.nearest_centroid(rows, method_state['centroids'])
-    metrics = {'loss': loss, 'change_ratio': jnp.mean(new_labels != labels)}
-    method_state = {**method_state, 'features': bank, 'labels': method_state['labels'].at[index].set(new_labels)}
-    return loss, (metrics, dict(new_model_state), method_state)
+    bank, change_ratio = memory.update(method_state['memory'], index, feature.astype(jnp.float32),
+                                       self.memory_momentum)
+    return loss, ({'loss': loss, 'change_ratio': change_ratio}, model_state, {**method_state, 'memory': bank})
 
   def after_step(self, params, method_state, step):
     del params
-    bank, labels, centroids = method_state['features'], method_state['labels'], method_state['centroids']
     done = step + 1  # the reference's hooks count iterations from 1
-    centroids = jax.lax.cond(done % self.centroids_update_interval == 0,
-                             lambda: memory.compute_centroids(bank, labels, centroids), lambda: centroids)
-    labels, centroids = jax.lax.cond(
-        done % self.small_clusters_interval == 0,
-        lambda: memory.deal_with_small_clusters(bank, labels, centroids, self.min_cluster),
-        lambda: (labels, centroids))
-    return {**method_state, 'labels': labels, 'centroids': centroids,
-            'loss_weight': clustering.loss_weights(labels, self.num_clusters, self.reweight_pow)}
+    bank = jax.lax.cond(done % self.centroids_update_interval == 0, memory.update_centroids, lambda b: b,
+                        method_state['memory'])
 
-  def extract(self, params, model_state, images):
-    return self.net.apply({'params': params, **model_state}, images, method=ODCNet.features)
+    def small_clusters(bank):
+      labels, centroids = memory.deal_with_small_clusters(bank['features'], bank['labels'], bank['centroids'],
+                                                          self.min_cluster)
+      return {**bank, 'labels': labels, 'centroids': centroids}
+    bank = jax.lax.cond(done % self.small_clusters_interval == 0, small_clusters, lambda b: b, bank)
+    return {**method_state, 'memory': bank, 'loss_weight': self.loss_weights(bank['labels'])}
 
   def neck_features(self, params, model_state, images):
     return self.net.apply({'params': params, **model_state}, images, method=ODCNet.neck_features)
@@ -138,8 +128,8 @@ class Method:
     labels = clustering.to_records(row_labels, index, self.num_records)
     bank = clustering.to_records(features, index, self.num_records)
     centroids = memory.compute_centroids(bank, labels, jnp.zeros((self.num_clusters, features.shape[1])))
-    method_state = {**state.method_state, 'features': bank, 'labels': labels, 'centroids': centroids,
-                    'loss_weight': clustering.loss_weights(labels, self.num_clusters, self.reweight_pow)}
+    method_state = {**state.method_state, 'memory': {'features': bank, 'labels': labels, 'centroids': centroids},
+                    'loss_weight': self.loss_weights(labels)}
     sizes = np.bincount(np.asarray(labels), minlength=self.num_clusters)
     summary = (f'initial k-means on {self.num_records} images: {self.num_clusters} clusters, '
                f'{int((sizes == 0).sum())} empty, sizes {sizes.min()}..{sizes.max()}, objective {float(objective):.4g}')

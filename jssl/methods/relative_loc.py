@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jssl.methods.base import compute_dtype
+from jssl.methods import base
 from jssl.models import build_backbone
 from jssl.models.heads import ClsHead
 from jssl.models.necks import RelativeLocNeck, global_avg_pool
@@ -52,10 +52,9 @@ def pairs(patches):
   return neighbours.reshape(-1, *patches.shape[2:]), patches[:, CENTRE], labels
 
 
-class RelativeLocNet(nn.Module):
+class RelativeLocNet(base.BackboneNet):
   """backbone on neighbours and centres -> [neighbour, centre] pooled features -> neck -> head.
   Params: {'backbone': ..., 'neck': ..., 'head': ...}."""
-  backbone: nn.Module
   neck: nn.Module
   head: nn.Module
 
@@ -65,14 +64,11 @@ class RelativeLocNet(nn.Module):
     centre_features = jnp.repeat(pooled(centres), neighbours.shape[0] // centres.shape[0], axis=0)
     return self.head(self.neck(jnp.concatenate([neighbour_features, centre_features], -1), train=train))
 
-  def features(self, images):
-    return global_avg_pool(self.backbone(images, train=False)[-1])
 
-
-class Method:
+class Method(base.Method):
   def __init__(self, config, total_steps=0, steps_per_epoch=0, num_records=0):
     del total_steps, steps_per_epoch, num_records  # no schedule or per-image state inside the method
-    dtype = compute_dtype(config)
+    dtype = base.compute_dtype(config)
     m = config.model
     self.patch_size = m.patch_size
     self.net = RelativeLocNet(
@@ -82,22 +78,13 @@ class Method:
 
   def init(self, rng, batch):
     neighbours, centres, _ = pairs(patch_grid(jax.random.key(0), batch['views'][0], self.patch_size))
-    variables = self.net.init(rng, neighbours, centres, train=False)
-    params = variables.pop('params')
-    return params, dict(variables), {}
+    return (*self.init_net(rng, neighbours, centres), {})
 
   def loss(self, params, model_state, method_state, batch, rng, step):
     patch_rng, dropout_rng = jax.random.split(rng)
     neighbours, centres, labels = pairs(patch_grid(patch_rng, batch['views'][0], self.patch_size))
-    logits, new_model_state = self.net.apply({'params': params, **model_state}, neighbours, centres, train=True,
-                                             mutable=list(model_state), rngs={'dropout': dropout_rng})
+    logits, model_state = self.forward(params, model_state, neighbours, centres, rngs={'dropout': dropout_rng})
     logits = logits.astype(jnp.float32)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     accuracy = (logits.argmax(-1) == labels).mean()
-    return loss, ({'loss': loss, 'accuracy': accuracy}, dict(new_model_state), method_state)
-
-  def after_step(self, params, method_state, step):
-    return method_state
-
-  def extract(self, params, model_state, images):
-    return self.net.apply({'params': params, **model_state}, images, method=RelativeLocNet.features)
+    return loss, ({'loss': loss, 'accuracy': accuracy}, model_state, method_state)

@@ -12,10 +12,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 import optax
 
-from jssl.methods.base import compute_dtype
+from jssl.methods import base
 from jssl.models import build_backbone
 from jssl.models.heads import ClsHead
-from jssl.models.necks import global_avg_pool
 
 NUM_ROTATIONS = 4
 
@@ -30,43 +29,27 @@ def rotations(images):
   return rotated.reshape(-1, *images.shape[1:]), labels
 
 
-class BackboneClsHead(nn.Module):
+class BackboneClsHead(base.BackboneNet):
   """backbone -> ClsHead (pool + linear) on the last stage. Params: {'backbone': ..., 'head': ...}."""
-  backbone: nn.Module
   head: nn.Module
 
   def __call__(self, images, train: bool = True):
     return self.head(self.backbone(images, train=train)[-1])
 
-  def features(self, images):
-    return global_avg_pool(self.backbone(images, train=False)[-1])
 
-
-class Method:
+class Method(base.Method):
   def __init__(self, config, total_steps=0, steps_per_epoch=0, num_records=0):
     del total_steps, steps_per_epoch, num_records  # no schedule or per-image state inside the method
-    dtype = compute_dtype(config)
+    dtype = base.compute_dtype(config)
     self.net = BackboneClsHead(
         backbone=build_backbone(config.backbone.name, dtype=dtype, **config.backbone.get('kwargs', {})),
         head=ClsHead(num_classes=NUM_ROTATIONS, with_avg_pool=True, init_std=config.model.head_init_std,
                      dtype=dtype))
 
-  def init(self, rng, batch):
-    variables = self.net.init(rng, batch['views'][0], train=False)
-    params = variables.pop('params')
-    return params, dict(variables), {}
-
   def loss(self, params, model_state, method_state, batch, rng, step):
     images, labels = rotations(batch['views'][0])
-    logits, new_model_state = self.net.apply({'params': params, **model_state}, images, train=True,
-                                             mutable=list(model_state))
+    logits, model_state = self.forward(params, model_state, images)
     logits = logits.astype(jnp.float32)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     accuracy = (logits.argmax(-1) == labels).mean()
-    return loss, ({'loss': loss, 'accuracy': accuracy}, dict(new_model_state), method_state)
-
-  def after_step(self, params, method_state, step):
-    return method_state
-
-  def extract(self, params, model_state, images):
-    return self.net.apply({'params': params, **model_state}, images, method=BackboneClsHead.features)
+    return loss, ({'loss': loss, 'accuracy': accuracy}, model_state, method_state)

@@ -6,37 +6,25 @@ the loss over the global batch gives every sample 2N - 2 negatives drawn from al
 import jax.numpy as jnp
 
 from jssl import losses
-from jssl.methods.base import BackboneNeck, compute_dtype
+from jssl.methods import base
 from jssl.models import build_backbone
 from jssl.models.necks import NonLinearNeck
 
 
-class Method:
+class Method(base.Method):
   def __init__(self, config, total_steps=0, steps_per_epoch=0, num_records=0):
     del total_steps, steps_per_epoch, num_records  # no schedule or per-image state inside the method
-    dtype = compute_dtype(config)
+    dtype = base.compute_dtype(config)
     m = config.model
     self.temperature = m.temperature
-    self.net = BackboneNeck(
+    self.net = base.BackboneNeck(
         backbone=build_backbone(config.backbone.name, dtype=dtype, **config.backbone.get('kwargs', {})),
         neck=NonLinearNeck(hid_channels=m.neck_hid_channels, out_channels=m.neck_out_channels,
                            num_layers=m.neck_num_layers, dtype=dtype))
 
-  def init(self, rng, batch):
-    variables = self.net.init(rng, batch['views'][0], train=False)
-    params = variables.pop('params')
-    return params, dict(variables), {}
-
   def loss(self, params, model_state, method_state, batch, rng, step):
     v1, v2 = batch['views'][:2]
     n = v1.shape[0]
-    z, new_model_state = self.net.apply({'params': params, **model_state}, jnp.concatenate([v1, v2]),
-                                        train=True, mutable=list(model_state))
+    z, model_state = self.forward(params, model_state, jnp.concatenate([v1, v2]))
     loss = losses.nt_xent(z[:n], z[n:], self.temperature)
-    return loss, ({'loss': loss}, dict(new_model_state), method_state)
-
-  def after_step(self, params, method_state, step):
-    return method_state
-
-  def extract(self, params, model_state, images):
-    return self.net.apply({'params': params, **model_state}, images, method=BackboneNeck.features)
+    return loss, ({'loss': loss}, model_state, method_state)

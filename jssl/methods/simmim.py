@@ -7,29 +7,25 @@ import jax
 
 from jssl import losses
 from jssl.data.masks import simmim_masking
-from jssl.methods.base import compute_dtype
+from jssl.methods import base
 from jssl.models import build_backbone
-from jssl.models.necks import SimMIMLinearDecoder, global_avg_pool
+from jssl.models.necks import SimMIMLinearDecoder
 
 
-class SimMIMNet(nn.Module):
+class SimMIMNet(base.BackboneNet):
   """Params are named as in MMSelfSup: `backbone` (Swin with a mask token) and `neck` (the linear decoder)."""
-  backbone: nn.Module
   neck: nn.Module
 
   def __call__(self, images, mask, train: bool = True):
     return self.neck(self.backbone(images, train=train, mask=mask)[-1])
 
-  def features(self, images):
-    return global_avg_pool(self.backbone(images, train=False)[-1])
 
-
-class Method:
+class Method(base.Method):
   def __init__(self, config, total_steps=0, steps_per_epoch=0, num_records=0):
     del total_steps, steps_per_epoch, num_records  # no schedule or per-image state inside the method
     m = config.model
     kwargs = {'remat': config.get('remat', False), **config.backbone.get('kwargs', {}), 'mask_token': True}
-    encoder = build_backbone(config.backbone.name, dtype=compute_dtype(config), **kwargs)
+    encoder = build_backbone(config.backbone.name, dtype=base.compute_dtype(config), **kwargs)
     self.image_size = config.data.views[0]['size']
     self.patch_size = encoder.patch_size
     self.mask_patch_size, self.mask_ratio = m.mask_patch_size, m.mask_ratio
@@ -38,7 +34,7 @@ class Method:
                        f'{self.image_size} and be a multiple of the patch size {self.patch_size}')
     # the last stage's stride: the decoder shuffles its map back to the full image
     decoder = SimMIMLinearDecoder(encoder_stride=self.patch_size * 2 ** (len(encoder.depths) - 1),
-                                  dtype=compute_dtype(config))
+                                  dtype=base.compute_dtype(config))
     self.net = SimMIMNet(backbone=encoder, neck=decoder)
 
   def mask(self, rng, batch_size):
@@ -47,23 +43,14 @@ class Method:
 
   def init(self, rng, batch):
     images = batch['views'][0]
-    variables = self.net.init(rng, images, self.mask(jax.random.key(0), images.shape[0]), train=False)
-    params = variables.pop('params')
-    return params, dict(variables), {}
+    return (*self.init_net(rng, images, self.mask(jax.random.key(0), images.shape[0])), {})
 
   def loss(self, params, model_state, method_state, batch, rng, step):
     images = batch['views'][0]  # normalized: also the regression target
     mask_rng, dropout_rng = jax.random.split(rng)
     mask = self.mask(mask_rng, images.shape[0])
-    pred = self.net.apply({'params': params, **model_state}, images, mask, train=True,
-                          rngs={'dropout': dropout_rng})
+    pred, model_state = self.forward(params, model_state, images, mask, rngs={'dropout': dropout_rng})
     # SimMIMHead: the token mask upsampled by the model patch size to a pixel mask
     pixel_mask = mask.repeat(self.patch_size, axis=1).repeat(self.patch_size, axis=2)
     loss = losses.masked_pixel_loss(pred, images, pixel_mask, 'L1')
     return loss, ({'loss': loss}, model_state, method_state)
-
-  def after_step(self, params, method_state, step):
-    return method_state
-
-  def extract(self, params, model_state, images):
-    return self.net.apply({'params': params, **model_state}, images, method=SimMIMNet.features)

@@ -8,13 +8,12 @@ batch: SyncBN). The predictor trains at a fixed lr: `optimizer.fixed_lr_names = 
 import flax.linen as nn
 
 from jssl import losses
-from jssl.methods.base import compute_dtype
+from jssl.methods import base
 from jssl.models import build_backbone
-from jssl.models.necks import NonLinearNeck, global_avg_pool
+from jssl.models.necks import NonLinearNeck
 
 
-class SimSiamNet(nn.Module):
-  backbone: nn.Module
+class SimSiamNet(base.BackboneNet):
   neck: nn.Module   # projector
   head: nn.Module   # predictor (MMSelfSup's LatentPredictHead.predictor)
 
@@ -23,14 +22,11 @@ class SimSiamNet(nn.Module):
     z = self.neck(self.backbone(images, train=train)[-1], train=train)
     return z, self.head(z, train=train)
 
-  def features(self, images):
-    return global_avg_pool(self.backbone(images, train=False)[-1])
 
-
-class Method:
+class Method(base.Method):
   def __init__(self, config, total_steps=0, steps_per_epoch=0, num_records=0):
     del total_steps, steps_per_epoch, num_records  # no schedule or per-image state inside the method
-    dtype = compute_dtype(config)
+    dtype = base.compute_dtype(config)
     m = config.model
     self.net = SimSiamNet(
         backbone=build_backbone(config.backbone.name, dtype=dtype, **config.backbone.get('kwargs', {})),
@@ -39,26 +35,11 @@ class Method:
         head=NonLinearNeck(hid_channels=m.pred_hid_channels, out_channels=m.neck_out_channels, num_layers=2,
                            with_last_bn=False, with_last_bias=True, with_avg_pool=False, dtype=dtype))
 
-  def init(self, rng, batch):
-    variables = self.net.init(rng, batch['views'][0], train=False)
-    params = variables.pop('params')
-    return params, dict(variables), {}
-
   def loss(self, params, model_state, method_state, batch, rng, step):
     v1, v2 = batch['views'][:2]
 
-    def forward(state, images):
-      out, new_state = self.net.apply({'params': params, **state}, images, train=True, mutable=list(state))
-      return out, dict(new_state)
-
-    (z1, p1), model_state = forward(model_state, v1)
-    (z2, p2), model_state = forward(model_state, v2)
+    (z1, p1), model_state = self.forward(params, model_state, v1)
+    (z2, p2), model_state = self.forward(params, model_state, v2)
     # the stop-gradient on z is inside the loss
     loss = 0.5 * (losses.negative_cosine_similarity(p1, z2) + losses.negative_cosine_similarity(p2, z1))
     return loss, ({'loss': loss}, model_state, method_state)
-
-  def after_step(self, params, method_state, step):
-    return method_state
-
-  def extract(self, params, model_state, images):
-    return self.net.apply({'params': params, **model_state}, images, method=SimSiamNet.features)

@@ -47,15 +47,15 @@ import jax
 import jax.numpy as jnp
 
 from jssl import losses
-from jssl.methods.base import compute_dtype
+from jssl.methods import base
 from jssl.models import build_backbone
-from jssl.models.necks import SwAVNeck, global_avg_pool, normalized_prototypes_init
+from jssl.models.necks import SwAVNeck, normalized_prototypes_init
+from jssl.parts.sinkhorn import sinkhorn_knopp
 
 
-class SwAVNet(nn.Module):
+class SwAVNet(base.BackboneNet):
   """backbone (once per resolution group) -> SwAVNeck over all crops -> prototype scores.
   Params: {'backbone', 'neck', 'prototypes': {'kernel' [D, K]}}."""
-  backbone: nn.Module
   neck: nn.Module
   num_prototypes: int
   dtype: jnp.dtype = jnp.float32
@@ -66,9 +66,6 @@ class SwAVNet(nn.Module):
     scores = nn.Dense(self.num_prototypes, use_bias=False, kernel_init=normalized_prototypes_init,
                       dtype=self.dtype, name='prototypes')(z)
     return z, scores
-
-  def features(self, images):
-    return global_avg_pool(self.backbone(images, train=False)[-1])
 
 
 def resolution_groups(views):
@@ -114,10 +111,10 @@ def coupled_weight_decay(opt_cfg):
   return float(opt_cfg.get('weight_decay', 0.))
 
 
-class Method:
+class Method(base.Method):
   def __init__(self, config, total_steps=0, steps_per_epoch=0, num_records=0):
     del total_steps, num_records  # epochs for the queue start come from steps_per_epoch
-    dtype = compute_dtype(config)
+    dtype = base.compute_dtype(config)
     m = config.model
     self.temperature = m.temperature
     self.epsilon = m.epsilon
@@ -135,17 +132,16 @@ class Method:
         num_prototypes=m.num_prototypes, dtype=dtype)
 
   def init(self, rng, batch):
-    variables = self.net.init(rng, resolution_groups(batch['views']), train=False)
-    params = variables.pop('params')
+    params, model_state = self.init_net(rng, resolution_groups(batch['views']))
     method_state = {}
     if self.queue_length:
       method_state['queue'] = jnp.zeros((len(self.crops_for_assign), self.queue_length, self.feat_dim), jnp.float32)
-    return params, dict(variables), method_state
+    return params, model_state, method_state
 
   def codes(self, scores, z, prototypes, queue, step):
     """Sinkhorn codes of one assigned crop [B, K] and the queue after this step (None without a queue).
     scores/z: that crop's scores [B, K] and embeddings [B, D]; prototypes: normalized [D, K], no gradient."""
-    sinkhorn = functools.partial(losses.sinkhorn_knopp, num_iters=self.sinkhorn_iterations, epsilon=self.epsilon)
+    sinkhorn = functools.partial(sinkhorn_knopp, num_iters=self.sinkhorn_iterations, epsilon=self.epsilon)
     scores = jax.lax.stop_gradient(scores)
     if queue is None:
       return sinkhorn(scores), None
@@ -162,9 +158,8 @@ class Method:
     bs, n = views[0].shape[0], len(views)
     frozen = step < self.freeze_prototypes_iters
     prototypes = unit_prototypes(params['prototypes']['kernel'], frozen, self.frozen_decay)
-    (z, scores), new_model_state = self.net.apply(
-        {'params': {**params, 'prototypes': {'kernel': prototypes}}, **model_state}, resolution_groups(views),
-        train=True, mutable=list(model_state))
+    (z, scores), model_state = self.forward({**params, 'prototypes': {'kernel': prototypes}}, model_state,
+                                            resolution_groups(views))
     z = z.astype(jnp.float32).reshape(n, bs, -1)  # crop-major, as the views were concatenated
     scores = scores.astype(jnp.float32).reshape(n, bs, -1)
     fixed_prototypes = jax.lax.stop_gradient(prototypes).astype(jnp.float32)
@@ -180,10 +175,4 @@ class Method:
       metrics['queue_in_use'] = jnp.mean(jnp.stack([jnp.any(method_state['queue'][i][-1] != 0)
                                                     for i in range(len(queues))]).astype(jnp.float32))
       method_state = {**method_state, 'queue': jnp.stack(queues)}
-    return loss, (metrics, dict(new_model_state), method_state)
-
-  def after_step(self, params, method_state, step):
-    return method_state  # the queue is updated inside the loss, with the embeddings it computed
-
-  def extract(self, params, model_state, images):
-    return self.net.apply({'params': params, **model_state}, images, method=SwAVNet.features)
+    return loss, (metrics, model_state, method_state)  # the queue moves here, with the embeddings it computed

@@ -1,5 +1,5 @@
 """Necks of the MMSelfSup algorithms as Flax modules (projectors, predictors, decoders)."""
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax

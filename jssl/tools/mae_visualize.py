@@ -76,7 +76,6 @@ def load_record(config, split, index, size, interpolation):
 
 def reconstruct(method, params, model_state, images, key):
   """(prediction in image space (normalized pixels) [B, H, W, C], mask [B, N], per-patch target stats)."""
-  import jax
   import jax.numpy as jnp
   from jssl.data.masks import random_masking
   from jssl.methods.mae import patchify, unpatchify

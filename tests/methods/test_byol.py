@@ -52,8 +52,9 @@ def test_byol_symmetric_loss_target_copy_and_cosine_momentum_ema():
   v1, v2 = views()
   batch = {'views': (v1, v2)}
   params, model_state, method_state = jax.jit(method.init)(jax.random.key(0), batch)
-  target = method_state['target']
+  target = method_state['target']['params']
   assert set(target) == {'backbone', 'neck'} and set(params) == {'backbone', 'neck', 'head'}
+  assert set(method_state['target']['batch_stats']) == {'backbone', 'neck'}
   # projector: fc biases, no last bias, no last BN; predictor: 8 -> 12 -> 8
   assert set(params['neck']) == {'fc0', 'bn0', 'fc1'} and 'bias' in params['neck']['fc0']
   assert 'bias' not in params['neck']['fc1'] and params['head']['fc0']['kernel'].shape == (8, 12)
@@ -67,19 +68,23 @@ def test_byol_symmetric_loss_target_copy_and_cosine_momentum_ema():
   def by_hand():  # online predictions per view (BN per view), target projections in train mode
     p1, s1 = method.net.apply({'params': params, **model_state}, v1, train=True, mutable=['batch_stats'])
     p2, s2 = method.net.apply({'params': params, **s1}, v2, train=True, mutable=['batch_stats'])
-    t = {'params': target, 'batch_stats': model_state['batch_stats']}  # train mode: running stats unused
-    z1 = method.net.apply(t, v1, train=True, method=byol.BYOLNet.project, mutable=['batch_stats'])[0]
-    z2 = method.net.apply(t, v2, train=True, method=byol.BYOLNet.project, mutable=['batch_stats'])[0]
-    return p1, p2, z1, z2, s2
+    # the target from the online running statistics after both views, each target forward moving them
+    t = {'params': target, 'batch_stats': {k: s2['batch_stats'][k] for k in byol.TARGET_PARTS}}
+    z1, t1 = method.net.apply(t, v1, train=True, method=byol.BYOLNet.project, mutable=['batch_stats'])
+    z2, t2 = method.net.apply({**t, **t1}, v2, train=True, method=byol.BYOLNet.project, mutable=['batch_stats'])
+    return p1, p2, z1, z2, s2, t2
 
-  *outputs, s2 = by_hand()
+  *outputs, s2, t2 = by_hand()
   p1, p2, z1, z2 = (np.asarray(x, np.float64) for x in outputs)
   expected = np.mean(2 - 2 * np.sum(np_normalize(p1) * np_normalize(z2), -1)) + \
       np.mean(2 - 2 * np.sum(np_normalize(p2) * np_normalize(z1), -1))
   np.testing.assert_allclose(loss, expected, rtol=1e-4)  # XLA fuses the two programs differently
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), new_model_state['batch_stats'],
                s2['batch_stats'])
-  jax.tree.map(np.testing.assert_array_equal, new_method_state, method_state)  # only after_step moves the target
+  # only after_step moves the target's params; its BN statistics: the online ones moved by its two forwards
+  jax.tree.map(np.testing.assert_array_equal, new_method_state['target']['params'], target)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+               new_method_state['target']['batch_stats'], t2['batch_stats'])
 
   momentum = lambda s: 1 - (1 - 0.99) * (np.cos(np.pi * s / 10) + 1) / 2
   np.testing.assert_allclose(metrics['momentum'], momentum(step), rtol=1e-6)
@@ -87,7 +92,7 @@ def test_byol_symmetric_loss_target_copy_and_cosine_momentum_ema():
   # at the start of step t + 1)
   m = momentum(step + 1)
   new_params = jax.tree.map(lambda x: x + 0.5, params)
-  after = jax.jit(method.after_step)(new_params, new_method_state, step)['target']
+  after = jax.jit(method.after_step)(new_params, new_method_state, step)['target']['params']
   np.testing.assert_allclose(after['neck']['fc0']['kernel'],
                              m * np.asarray(params['neck']['fc0']['kernel']) +
                              (1 - m) * np.asarray(new_params['neck']['fc0']['kernel']), rtol=1e-5, atol=1e-7)
@@ -95,8 +100,8 @@ def test_byol_symmetric_loss_target_copy_and_cosine_momentum_ema():
                              np.asarray(params['backbone']['conv1']['kernel']) + (1 - m) * 0.5, rtol=1e-5, atol=1e-6)
   assert 'head' not in after
   # momentum ends at 1: the last update leaves the target where it is
-  np.testing.assert_allclose(method.momentum(10), 1.0)
-  np.testing.assert_allclose(method.momentum(0), 0.99, rtol=1e-7)
+  np.testing.assert_allclose(method.ema.momentum(10), 1.0)
+  np.testing.assert_allclose(method.ema.momentum(0), 0.99, rtol=1e-7)
   last = jax.jit(method.after_step)(new_params, new_method_state, 9)['target']
   jax.tree.map(np.testing.assert_array_equal, last, new_method_state['target'])
 
@@ -135,8 +140,8 @@ def mmpretrain_byol(method, params, model_state, base_momentum):
 
 
 def test_byol_loss_gradient_and_target_update_match_mmpretrain():
-  """Same weights, same views: mmpretrain's BYOL loss (= ours - 4), first-conv gradient, and one CosineEMA update
-  of the target at a given step."""
+  """Same weights, same views: mmpretrain's BYOL loss (= ours - 4), first-conv gradient, the target's BN running
+  means after its forwards, and one CosineEMA update of the target at a given step."""
   from mmengine.logging import MessageHub
   total, base_momentum = 20, 0.9  # a low momentum makes the update large enough to compare
   method = small_method(total_steps=total, base_momentum=base_momentum)
@@ -144,14 +149,27 @@ def test_byol_loss_gradient_and_target_update_match_mmpretrain():
   batch = {'views': (v1, v2)}
   params, model_state, method_state = jax.jit(method.init)(jax.random.key(0), batch)
   params = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(5), x.shape), params)  # BN, biases != 0
-  method_state = {'target': {k: params[k] for k in byol.TARGET_PARTS}}
-  (loss, _), grads = jax.jit(jax.value_and_grad(method.loss, has_aux=True))(
+  method_state = {'target': method.ema.init(params, model_state)}
+  (loss, (_, _, new_method_state)), grads = jax.jit(jax.value_and_grad(method.loss, has_aux=True))(
       params, model_state, method_state, batch, jax.random.key(1), 0)
 
   model = mmpretrain_byol(method, params, model_state, base_momentum)
   ref = model.loss([parity.nhwc_to_torch(v1), parity.nhwc_to_torch(v2)], [])['loss']  # target <- online at step 0
   ref.backward()
   np.testing.assert_allclose(float(loss), ref.item() + 4., rtol=1e-5, atol=1e-5)
+  # the target's buffers: the online ones, copied at the update, moved by the target's two forwards (running means:
+  # Flax updates the variance with the biased batch variance, torch with the unbiased one)
+  target = new_method_state['target']
+  ref_target = model.target_net.module.state_dict()
+  got_target = {**{f'0.{k}': v for k, v in parity.resnet_state(
+      target['params']['backbone'], target['batch_stats']['backbone'], 'resnet18', {'num_filters': 8}).items()},
+      **{f'1.{k}': v for k, v in torch_neck_state(target['params']['neck'], target['batch_stats']['neck'], 2,
+                                                  False).items()}}
+  means = [name for name in got_target if name.endswith('running_mean')]
+  assert len(means) > 20 and '1.bn0.running_mean' in means
+  for name in means:
+    np.testing.assert_allclose(got_target[name].numpy(), ref_target[name].numpy(), rtol=1e-4, atol=1e-5,
+                               err_msg=name)
   g_ref = parity.first_conv_grad_to_jssl(model.backbone.conv1.weight.grad)
   g = np.asarray(grads['backbone']['conv1']['kernel'])
   np.testing.assert_allclose(g, g_ref, rtol=1e-3, atol=1e-4 * np.abs(g_ref).max())
@@ -160,7 +178,7 @@ def test_byol_loss_gradient_and_target_update_match_mmpretrain():
   # the online network moves; the reference updates the target at the start of step s, we at the end of s - 1
   s = 7
   new_params = jax.tree.map(lambda x: x - 0.1 * jax.random.normal(jax.random.key(6), x.shape), params)
-  after = jax.jit(method.after_step)(new_params, method_state, s - 1)['target']
+  after = jax.jit(method.after_step)(new_params, method_state, s - 1)['target']['params']
   model.backbone.load_state_dict(parity.resnet_state(new_params['backbone'], model_state['batch_stats']['backbone'],
                                                      'resnet18', {'num_filters': 8}))
   model.neck.load_state_dict(torch_neck_state(new_params['neck'], model_state['batch_stats']['neck'], 2, False))

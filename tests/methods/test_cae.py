@@ -139,7 +139,7 @@ def test_parity_with_mmpretrain_cae():
       if name.endswith('.b'):
         p.normal_(std=0.1)
   tokenizer = jax.tree.map(jnp.asarray, dalle_convert.from_torch_state(ref_tok.state_dict()))
-  method_state = {'teacher': teacher, 'tokenizer': tokenizer}
+  method_state = {'target': {'params': {'backbone': teacher}}, 'tokenizer': tokenizer}
 
   model = torch_cae(c, ref_tok.state_dict())
   missing, unexpected = model.load_state_dict(torch_state(params, teacher), strict=False)
@@ -174,7 +174,8 @@ def test_parity_with_mmpretrain_cae():
   assert_grads_close(grads['neck']['decoders_0']['attn']['qkv']['kernel'],
                      model.neck.decoders[0].attn.qkv.weight.grad.numpy().T)
   # the momentum update in the same iteration, with the encoder as it was in this step (before any optimizer step)
-  new_teacher = new_state['teacher']
+  assert list(new_state['target']) == ['params'] and list(new_state['target']['params']) == ['backbone']
+  new_teacher = new_state['target']['params']['backbone']
   ref_teacher = torch_state(params, new_teacher)
   for name, value in model.teacher.state_dict().items():
     if name != 'pos_embed':

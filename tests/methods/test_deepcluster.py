@@ -8,7 +8,7 @@ import pytest
 
 from configs.deepcluster import get_config
 from jssl.methods import deepcluster
-from jssl.train import clustering
+from jssl.parts import clustering
 from jssl.train.loop import Trainer
 from tests.conftest import run_python
 from tests.test_demo import check_demo
@@ -59,7 +59,7 @@ def test_on_epoch_clusters_the_training_set_like_scikit_learn(tmp_path):
   features, index = trainer.extract_train_features(state, method.extract)
   n = len(trainer.train_source)
   assert features.shape == (-(-n // 256) * 256, 8 * 8) and sorted(np.asarray(index)[:n]) == list(range(n))
-  # the clustering of `cluster`: PCA whitening (tested in tests/train/test_clustering.py), k-means from k rows
+  # the clustering of `cluster`: PCA whitening (tested in tests/parts/test_clustering.py), k-means from k rows
   valid = index >= 0
   whitened = clustering.pca_whiten(features, valid, dim=16)
   rng = jax.random.PRNGKey(5)

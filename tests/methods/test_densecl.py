@@ -81,10 +81,12 @@ def test_loss_queues_warmup_and_momentum_update():
   method = densecl.Method(c)
   v1, v2 = views(size=48)
   params, model_state, state = jax.jit(method.init)(jax.random.key(0), {'views': (jnp.asarray(v1),) * 2})
-  assert sorted(state) == ['queue', 'queue2', 'queue2_ptr', 'queue_ptr', 'target']
-  np.testing.assert_allclose(np.linalg.norm(state['queue'], axis=1), 1., rtol=1e-5)
-  for a, b in zip(jax.tree.leaves(state['target']), jax.tree.leaves(params)):
+  assert sorted(state) == ['queue', 'queue2', 'target']
+  assert sorted(state['queue']) == sorted(state['queue2']) == ['keys', 'ptr']
+  np.testing.assert_allclose(np.linalg.norm(state['queue']['keys'], axis=1), 1., rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(state['target']['params']), jax.tree.leaves(params)):
     np.testing.assert_array_equal(a, b)
+  jax.tree.map(np.testing.assert_array_equal, state['target']['batch_stats'], model_state['batch_stats'])
 
   (loss, (metrics, _, new_state)), grads = run_loss(method, params, model_state, state, v1, v2, step=4)
   # warmup: lambda 0, the loss is the global InfoNCE and no gradient reaches the dense branch
@@ -99,17 +101,25 @@ def test_loss_queues_warmup_and_momentum_update():
   assert np.abs(grads5['neck']['conv0']['kernel']).sum() > 0
 
   # both queues: this batch's keys at rows 0..7, the pointers move on by the batch
-  out = method.net.apply({'params': params, **model_state}, jnp.asarray(v2), train=True, mutable=['batch_stats'])[0]
+  out, key_stats = method.net.apply({'params': params, **model_state}, jnp.asarray(v2), train=True,
+                                    mutable=['batch_stats'])
   _, k, _, k2 = out  # one shuffle group: BN over the whole batch, as without shuffling
-  np.testing.assert_allclose(new_state['queue'][:8], losses.l2_normalize(k), rtol=1e-4, atol=1e-6)
-  np.testing.assert_allclose(new_state['queue2'][:8], losses.l2_normalize(k2), rtol=1e-4, atol=1e-6)
-  np.testing.assert_array_equal(new_state['queue'][8:], state['queue'][8:])
-  assert int(new_state['queue_ptr']) == 8 and int(new_state['queue2_ptr']) == 8
+  np.testing.assert_allclose(new_state['queue']['keys'][:8], losses.l2_normalize(k), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(new_state['queue2']['keys'][:8], losses.l2_normalize(k2), rtol=1e-4, atol=1e-6)
+  np.testing.assert_array_equal(new_state['queue']['keys'][8:], state['queue']['keys'][8:])
+  assert int(new_state['queue']['ptr']) == 8 and int(new_state['queue2']['ptr']) == 8
+  # the key encoder's BN statistics: the query encoder's after its forward on v1, moved by the key forward on v2
+  _, query_state = method.forward(params, model_state, jnp.asarray(v1))
+  _, key_state = method.net.apply({'params': params, **query_state}, jnp.asarray(v2), train=True,
+                                  mutable=['batch_stats'])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               new_state['target']['batch_stats'], key_state['batch_stats'])
 
   # momentum update towards the new parameters
   new_params = jax.tree.map(lambda p, g: p - 0.1 * g, params, grads5)
   updated = method.after_step(new_params, new_state, 5)
-  for t, p0, p1 in zip(jax.tree.leaves(updated['target']), jax.tree.leaves(params), jax.tree.leaves(new_params)):
+  for t, p0, p1 in zip(jax.tree.leaves(updated['target']['params']), jax.tree.leaves(params),
+                       jax.tree.leaves(new_params)):
     np.testing.assert_allclose(t, 0.999 * p0 + 0.001 * p1, rtol=1e-6, atol=1e-7)
   assert method.extract(params, model_state, jnp.asarray(v1)).shape == (8, 64)
 
@@ -152,8 +162,8 @@ def test_matches_mmpretrain_densecl():
   v1, v2 = views(size=64)
   params, model_state, state = jax.jit(method.init)(jax.random.key(0), {'views': (jnp.asarray(v1),) * 2})
   model = torch_densecl(method, params, model_state, c)
-  model.queue.copy_(torch.from_numpy(np.asarray(state['queue']).T.copy()))
-  model.queue2.copy_(torch.from_numpy(np.asarray(state['queue2']).T.copy()))
+  model.queue.copy_(torch.from_numpy(np.asarray(state['queue']['keys']).T.copy()))
+  model.queue2.copy_(torch.from_numpy(np.asarray(state['queue2']['keys']).T.copy()))
   model.train()
 
   # the feature map is 2x2 at 64 px: 4 dense locations per image
@@ -168,8 +178,9 @@ def test_matches_mmpretrain_densecl():
   jssl_grad = np.asarray(grads['backbone']['conv1']['kernel'])
   np.testing.assert_allclose(jssl_grad, torch_grad, rtol=1e-3, atol=1e-4 * np.abs(torch_grad).max())
   for name in ('queue', 'queue2'):
-    np.testing.assert_allclose(np.asarray(state1[name]), getattr(model, name).numpy().T, rtol=1e-4, atol=1e-6)
-    assert int(state1[f'{name}_ptr']) == int(getattr(model, f'{name}_ptr')[0]) == 8
+    np.testing.assert_allclose(np.asarray(state1[name]['keys']), getattr(model, name).numpy().T, rtol=1e-4,
+                               atol=1e-6)
+    assert int(state1[name]['ptr']) == int(getattr(model, f'{name}_ptr')[0]) == 8
 
   # one optimizer step on the query encoder (the same new weights on both sides), then the momentum update
   new_params = jax.tree.map(lambda p, g: p - 0.5 * g, params, grads)
@@ -180,16 +191,18 @@ def test_matches_mmpretrain_densecl():
   (loss2, (metrics2, _, state3)), _ = run_loss(method, new_params, model_state, state2, v1, v2, step=1)
   ref2 = model.loss([parity.nhwc_to_torch(v1), parity.nhwc_to_torch(v2)], None)  # updates its key encoder first
   key_conv = model.encoder_k.module[0].conv1.weight.detach().numpy().transpose(2, 3, 1, 0)
-  np.testing.assert_allclose(np.asarray(state2['target']['backbone']['conv1']['kernel']), key_conv, rtol=1e-5,
-                             atol=1e-7)
+  np.testing.assert_allclose(np.asarray(state2['target']['params']['backbone']['conv1']['kernel']), key_conv,
+                             rtol=1e-5, atol=1e-7)
   key_fc = model.encoder_k.module[1].mlp[2].weight.detach().numpy().T
-  np.testing.assert_allclose(np.asarray(state2['target']['neck']['fc1']['kernel']), key_fc, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(np.asarray(state2['target']['params']['neck']['fc1']['kernel']), key_fc, rtol=1e-5,
+                             atol=1e-7)
   assert not np.allclose(key_conv, np.asarray(new_params['backbone']['conv1']['kernel']))
   np.testing.assert_allclose(metrics2['loss_single'] * 0.5, ref2['loss_single'].item(), rtol=1e-4)
   np.testing.assert_allclose(metrics2['loss_dense'] * 0.5, ref2['loss_dense'].item(), rtol=1e-4)
   for name in ('queue', 'queue2'):
-    np.testing.assert_allclose(np.asarray(state3[name]), getattr(model, name).numpy().T, rtol=1e-4, atol=1e-6)
-    assert int(state3[f'{name}_ptr']) == 16
+    np.testing.assert_allclose(np.asarray(state3[name]['keys']), getattr(model, name).numpy().T, rtol=1e-4,
+                               atol=1e-6)
+    assert int(state3[name]['ptr']) == 16
 
 
 def test_loss_weight_warmup_matches_denseclhook():
@@ -203,6 +216,16 @@ def test_loss_weight_warmup_matches_denseclhook():
     runner.iter = it
     hook.before_train_iter(runner, it)
     assert float(method.lambda_at(it)) == model.loss_lambda, it
+
+
+def test_queue_and_shuffle_groups_that_do_not_fit_the_batch_are_named():
+  """Caught when the method is built (before any step), one line naming the config fields."""
+  with pytest.raises(ValueError, match=r'^config.model.queue_len \(36\) must be a multiple of config.batch_size '
+                                       r'\(8\)$'):
+    densecl.Method(small_config(queue_len=36))
+  with pytest.raises(ValueError, match=r'^config.model.shuffle_bn_groups \(3\) must divide config.batch_size '
+                                       r'\(8\)$'):
+    densecl.Method(small_config(groups=3))
 
 
 @pytest.mark.heavy  # MoCo v2's 8-device test covers the queue and the key encoder across devices

@@ -10,7 +10,7 @@ from configs.interclr import get_config
 from jssl.methods import interclr
 from jssl.models.shuffle_bn import shuffled_group_bn
 from tests.test_demo import check_demo
-from tests.train.test_memory import numpy_bank_update, unit
+from tests.parts.test_memory import numpy_bank_update, unit
 from tests.train.test_resume import assert_resume_exact
 from tests.train.test_sharding import assert_devices_match
 
@@ -32,6 +32,7 @@ def numpy_contrastive(pos, neg, temperature):
 
 def small_method(num_records=20, **model):
   c = get_config('demo')
+  c.batch_size = 6  # the tests' batches: the queue (12) holds two
   c.backbone.kwargs.num_filters = 8
   c.model.update({'neck_hid_channels': 16, 'neck_out_channels': 8, 'queue_len': 12, 'num_clusters': 4,
                   'neg_num': 5, 'neg_pool': 10, 'shuffle_bn_groups': 2, 'warmup_epochs': 0.,
@@ -54,8 +55,9 @@ def test_interclr_step_matches_numpy():
   bank = unit(dirs[np.arange(20) % 4] + 0.3 * rng.normal(size=(20, 8))).astype(np.float32)
   labels = (np.arange(20) % 4).astype(np.int32)
   cents = np.stack([bank[labels == c].mean(0) for c in range(4)]).astype(np.float32)
-  state0 = {**state0, 'memory': jnp.asarray(bank), 'labels': jnp.asarray(labels), 'centroids': jnp.asarray(cents)}
-  queue = np.asarray(state0['queue'])
+  state0 = {**state0, 'memory': {'features': jnp.asarray(bank), 'labels': jnp.asarray(labels),
+                                  'centroids': jnp.asarray(cents)}}
+  queue = np.asarray(state0['queue']['keys'])
   step_rng = jax.random.key(5)
   loss, (metrics, _, state1) = jax.jit(method.loss)(params, model_state, state0, batch, step_rng, 0)
 
@@ -66,7 +68,8 @@ def test_interclr_step_matches_numpy():
   encode = lambda x: method.net.apply(state0['target'], x, train=True, mutable=['batch_stats'])[0]
   k = unit(shuffled_group_bn(encode, im_k, 2, shuffle_rng))
   intra = numpy_contrastive(np.sum(q * k, 1), q @ queue.T, 0.2)
-  pos_idx, neg_idx = map(np.asarray, method.inter_samples(jnp.asarray(q, jnp.float32), state0, index, inter_rng))
+  pos_idx, neg_idx = map(np.asarray, method.inter_samples(jnp.asarray(q, jnp.float32), state0['memory'], index,
+                                                          inter_rng))
   own = labels[np.asarray(index)]
   # positives from the own cluster; negatives of other clusters, distinct, among the 10 most similar rows
   assert (labels[pos_idx] == own).all()
@@ -82,32 +85,32 @@ def test_interclr_step_matches_numpy():
 
   # queue: the 6 keys at rows 0-5; bank rows replaced by the keys (momentum 1); labels: nearest centroid
   # (k here comes from an un-jitted forward with BN over groups of 3: float32 round-off)
-  np.testing.assert_allclose(np.asarray(state1['queue'])[:6], k, atol=1e-3)
-  np.testing.assert_array_equal(np.asarray(state1['queue'])[6:], queue[6:])
-  assert int(state1['queue_ptr']) == 6
+  np.testing.assert_allclose(np.asarray(state1['queue']['keys'])[:6], k, atol=1e-3)
+  np.testing.assert_array_equal(np.asarray(state1['queue']['keys'])[6:], queue[6:])
+  assert int(state1['queue']['ptr']) == 6
   want_bank = numpy_bank_update(bank, np.asarray(index), k, 1.0)
-  np.testing.assert_allclose(state1['memory'], want_bank, atol=1e-3)
-  want_bank = np.asarray(state1['memory'], np.float64)  # the labels follow the rows actually stored
+  np.testing.assert_allclose(state1['memory']['features'], want_bank, atol=1e-3)
+  want_bank = np.asarray(state1['memory']['features'], np.float64)  # the labels follow the rows actually stored
   want_labels = labels.copy()
   want_labels[np.asarray(index)] = np.argmax(want_bank[np.asarray(index)] @ cents.T, axis=1)
-  np.testing.assert_array_equal(state1['labels'], want_labels)
+  np.testing.assert_array_equal(state1['memory']['labels'], want_labels)
   np.testing.assert_allclose(metrics['change_ratio'], np.mean(want_labels[np.asarray(index)] != own))
-  np.testing.assert_array_equal(state1['centroids'], cents)  # centroids move only in after_step
+  np.testing.assert_array_equal(state1['memory']['centroids'], cents)  # centroids move only in after_step
 
   # after_step: EMA of the key encoder; at step 2 (3 steps done) the centroids become the cluster means
   after = jax.jit(method.after_step)
   s = after(params, state1, 0)
-  np.testing.assert_array_equal(s['centroids'], cents)
+  np.testing.assert_array_equal(s['memory']['centroids'], cents)
   t = jax.tree.leaves(s['target']['params'])[0]
   np.testing.assert_allclose(t, 0.99 * jax.tree.leaves(state0['target']['params'])[0]
                              + 0.01 * jax.tree.leaves(params)[0], rtol=1e-6)
   s = after(params, state1, 2)
   want_cents = np.stack([want_bank[want_labels == c].mean(0) for c in range(4)])
-  np.testing.assert_allclose(s['centroids'], want_cents, rtol=1e-4, atol=1e-5)
-  np.testing.assert_array_equal(s['labels'], want_labels)
+  np.testing.assert_allclose(s['memory']['centroids'], want_cents, rtol=1e-4, atol=1e-5)
+  np.testing.assert_array_equal(s['memory']['labels'], want_labels)
   # at the end of epoch 1 (4 steps done): k-means re-clusters the bank; labels = nearest final centroid
   s = after(params, state1, 3)
-  got_labels, got_cents = np.asarray(s['labels']), np.asarray(s['centroids'])
+  got_labels, got_cents = np.asarray(s['memory']['labels']), np.asarray(s['memory']['centroids'])
   np.testing.assert_array_equal(got_labels, np.argmax(want_bank @ got_cents.T, axis=1))
   for c in np.unique(got_labels):
     np.testing.assert_allclose(got_cents[c], want_bank[got_labels == c].mean(0), rtol=1e-4, atol=1e-5)

@@ -69,7 +69,7 @@ def test_matches_mmpretrain_moco(version):
   import torch
   config = small(get_config_v2() if version == 'mocov2' else get_config_v1())
   method, batch, params, model_state, method_state = setup(config)
-  model = torch_moco(config, params, model_state, method_state['queue'])
+  model = torch_moco(config, params, model_state, method_state['queue']['keys'])
   v1, v2 = (parity.nhwc_to_torch(v) for v in batch['views'])
 
   rng = jax.random.key(1)
@@ -83,8 +83,8 @@ def test_matches_mmpretrain_moco(version):
                             parity.first_conv_grad_to_jssl(model.backbone.conv1.weight.grad), rtol=1e-3)
 
   # the queue: this batch's keys in rows 0..7, the pointer moved on
-  np.testing.assert_allclose(new_method_state['queue'], model.queue.numpy().T, rtol=1e-4, atol=1e-5)
-  assert int(new_method_state['queue_ptr']) == int(model.queue_ptr) == BATCH
+  np.testing.assert_allclose(new_method_state['queue']['keys'], model.queue.numpy().T, rtol=1e-4, atol=1e-5)
+  assert int(new_method_state['queue']['ptr']) == int(model.queue_ptr) == BATCH
   # the key encoder's running BN means: copied from the query encoder, then moved by the key batch (var: Flax
   # updates with the biased batch variance, torch with the unbiased one)
   ref_k = model.encoder_k.module[0].state_dict()

@@ -8,7 +8,7 @@ from configs.mocov3 import get_config
 from jssl import optim
 from jssl.methods import mocov3
 from jssl.models.layers import get_2d_sincos_pos_embed
-from jssl.train.ema import cosine_momentum
+from jssl.parts.ema import cosine_momentum
 
 # the parity model: a 2-block ViT, 32 wide, 2 heads, 8-px patches of 32-px images
 TINY = {'img_size': 32, 'patch_size': 8, 'embed_dim': 32, 'depth': 2, 'num_heads': 2}
@@ -93,7 +93,8 @@ def test_init_structure_and_one_step_keeps_patch_embed():
   assert sorted(head) == ['bn0', 'fc0', 'fc1']
   assert all(list(neck[f'fc{i}']) == ['kernel'] for i in range(3))
   assert sorted(model_state['batch_stats']['neck']) == ['bn0', 'bn1', 'bn2']
-  assert sorted(method_state['target']) == ['backbone', 'neck']
+  assert sorted(method_state['target']['params']) == ['backbone', 'neck']
+  assert sorted(method_state['target']['batch_stats']) == ['neck']  # the ViT has no BatchNorm
   # MoCo v3's ViT init: cls token ~ N(0, 1e-6), q/k/v thirds Xavier-uniform on their own
   assert np.abs(params['backbone']['cls_token']).max() < 1e-5
   qkv = np.asarray(params['backbone']['blocks_0']['attn']['qkv']['kernel'])
@@ -123,9 +124,10 @@ def test_momentum_update_uses_next_step_cosine_momentum():
   new = method.after_step(moved, method_state, 3)
   m = float(cosine_momentum(4, 10, 0.99))
   np.testing.assert_allclose(m, 1 - 0.01 * (np.cos(np.pi * 4 / 10) + 1) / 2, rtol=1e-6)
-  for a, b in zip(jax.tree.leaves(new['target']), jax.tree.leaves(method_state['target'])):
+  for a, b in zip(jax.tree.leaves(new['target']['params']), jax.tree.leaves(method_state['target']['params'])):
     np.testing.assert_allclose(a, b + (1 - m), rtol=1e-5, atol=1e-6)
-  assert 'head' not in new['target']
+  assert 'head' not in new['target']['params']
+  jax.tree.map(np.testing.assert_array_equal, new['target']['batch_stats'], method_state['target']['batch_stats'])
 
 
 def torch_mocov3(c, total_steps):
@@ -220,7 +222,7 @@ def test_parity_with_mmpretrain_mocov3():
   new_state = method.after_step(new_params, method_state, 0)
   model.momentum_encoder.update_parameters(torch.nn.Sequential(model.backbone, model.neck))
   enc = model.momentum_encoder.module
-  target = new_state['target']
+  target = new_state['target']['params']
   ref_t_qkv = enc[0].layers[0].attn.qkv.weight.detach().numpy().T
   old_qkv = np.asarray(params['backbone']['blocks_0']['attn']['qkv']['kernel'])
   np.testing.assert_allclose(target['backbone']['blocks_0']['attn']['qkv']['kernel'], ref_t_qkv,

@@ -8,10 +8,10 @@ import pytest
 
 from configs.npid import get_config
 from jssl.methods import npid
-from jssl.train import memory
+from jssl.parts import memory
 from tests.test_demo import check_demo
 from tests.train.test_resume import assert_resume_exact
-from tests.train.test_memory import numpy_bank_update
+from tests.parts.test_memory import numpy_bank_update
 from tests.train.test_sharding import assert_devices_match
 
 # the reference's lr 0.03: at the demo's 0.3, two SGD steps with gradients scaled by 1/T amplify the float32
@@ -49,7 +49,7 @@ def test_npid_loss_and_memory_update_match_numpy():
   index = jnp.asarray([3, 17, 5, 17, 39, 0], jnp.int32)  # 17 twice: two views of one image in the batch
   batch = {'views': (images,), 'index': index}
   params, model_state, method_state = jax.jit(method.init)(jax.random.key(0), batch)
-  bank = np.asarray(method_state['memory'])
+  bank = np.asarray(method_state['memory']['features'])
   assert bank.shape == (40, 16)
   np.testing.assert_allclose(np.linalg.norm(bank, axis=1), 1., rtol=1e-6)
   step_rng = jax.random.key(7)
@@ -66,9 +66,9 @@ def test_npid_loss_and_memory_update_match_numpy():
   # memory: rows of the batch <- normalize(0.5 row + 0.5 f), row 17 from the mean of its two features
   want = numpy_bank_update(bank, np.asarray(index), f, 0.5)
   # (the features here come from an un-jitted forward: float32 round-off of the convolutions)
-  np.testing.assert_allclose(new_method_state['memory'], want, rtol=1e-4, atol=2e-5)
+  np.testing.assert_allclose(new_method_state['memory']['features'], want, rtol=1e-4, atol=2e-5)
   untouched = np.setdiff1d(np.arange(40), np.asarray(index))
-  np.testing.assert_array_equal(np.asarray(new_method_state['memory'])[untouched], bank[untouched])
+  np.testing.assert_array_equal(np.asarray(new_method_state['memory']['features'])[untouched], bank[untouched])
   # gradients reach every parameter; after_step leaves the bank alone
   grads = jax.jit(jax.grad(lambda p: method.loss(p, model_state, method_state, batch, step_rng, 0)[0]))(params)
   assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))

@@ -9,7 +9,7 @@ import pytest
 
 from configs.odc import get_config
 from jssl.methods import odc
-from jssl.train import clustering, memory
+from jssl.parts import clustering, memory
 from jssl.train.loop import Trainer
 from tests.conftest import apply_overrides
 from tests.test_demo import check_demo
@@ -122,8 +122,8 @@ def test_odc_step_and_hooks_match_numpy():
   labels = (np.arange(40) % 5).astype(np.int32)
   centroids = normalize(rng.normal(size=(5, 16))).astype(np.float32)
   weight = clustering.loss_weights(jnp.asarray(labels), 5, 0.5)
-  method_state = {'features': jnp.asarray(bank), 'labels': jnp.asarray(labels), 'centroids': jnp.asarray(centroids),
-                  'loss_weight': weight}
+  method_state = {'memory': {'features': jnp.asarray(bank), 'labels': jnp.asarray(labels),
+                             'centroids': jnp.asarray(centroids)}, 'loss_weight': weight}
   step_rng = jax.random.key(3)
   loss, (metrics, _, new_state) = method.loss(params, model_state, method_state, batch, step_rng, 0)
 
@@ -134,8 +134,8 @@ def test_odc_step_and_hooks_match_numpy():
   np.testing.assert_allclose(loss, -(w * logp[np.arange(6), labels[index]]).sum() / w.sum(), rtol=1e-5)
   ref = NumpyODCMemory(bank, labels, centroids, 0.5, min_cluster=3)
   ref.update_samples(index, np.asarray(feature, np.float64))
-  np.testing.assert_allclose(new_state['features'], ref.bank, atol=1e-6)
-  np.testing.assert_array_equal(new_state['labels'], ref.labels)
+  np.testing.assert_allclose(new_state['memory']['features'], ref.bank, atol=1e-6)
+  np.testing.assert_array_equal(new_state['memory']['labels'], ref.labels)
   np.testing.assert_allclose(metrics['change_ratio'], np.mean(ref.labels[index] != labels[index]))
 
   # after step 0 (iteration 1): no centroid update (interval 2), small clusters, weights; after step 1: centroids too
@@ -144,8 +144,8 @@ def test_odc_step_and_hooks_match_numpy():
     if (step + 1) % 2 == 0:
       ref.update_centroids()
     ref.deal_with_small_clusters()
-    np.testing.assert_array_equal(new_state['labels'], ref.labels, err_msg=str(step))
-    np.testing.assert_allclose(new_state['centroids'], ref.centroids, atol=1e-6, err_msg=str(step))
+    np.testing.assert_array_equal(new_state['memory']['labels'], ref.labels, err_msg=str(step))
+    np.testing.assert_allclose(new_state['memory']['centroids'], ref.centroids, atol=1e-6, err_msg=str(step))
     inv = (1. / (np.bincount(ref.labels, minlength=5) + 1e-10)) ** 0.5
     np.testing.assert_allclose(new_state['loss_weight'], inv / inv.sum(), rtol=1e-5)
 
@@ -165,11 +165,11 @@ def test_initial_clustering_matches_scikit_learn(tmp_path):
   ref = KMeans(n_clusters=12, init=np.asarray(init), n_init=1, max_iter=20, tol=0., algorithm='lloyd').fit(x)
   expected = np.zeros(len(trainer.train_source), np.int64)
   expected[np.asarray(index)[valid]] = ref.labels_
-  np.testing.assert_array_equal(new.method_state['labels'], expected)
-  bank = np.asarray(new.method_state['features'])
+  np.testing.assert_array_equal(new.method_state['memory']['labels'], expected)
+  bank = np.asarray(new.method_state['memory']['features'])
   np.testing.assert_allclose(np.linalg.norm(bank, axis=1), 1., rtol=1e-5)
   for cl in range(12):
-    np.testing.assert_allclose(new.method_state['centroids'][cl], bank[expected == cl].mean(0), atol=1e-5)
+    np.testing.assert_allclose(new.method_state['memory']['centroids'][cl], bank[expected == cl].mean(0), atol=1e-5)
   # later epochs do no global clustering
   later, summary = trainer.method.on_epoch(new, 1, trainer)
   assert later is new and 'online' in summary

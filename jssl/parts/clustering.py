@@ -1,16 +1,22 @@
-"""Offline clustering of the whole training set (DeepCluster, ODC's initial labels), in JAX over the Mesh.
+"""Clustering of per-image features (DeepCluster, ODC, InterCLR), in JAX: over the mesh between epochs, or inside a
+jit'd step.
 
-The features are a global [N, D] array whose rows are split over all devices of the mesh (any row order; padding
-rows carry valid=False). Every pass over the rows runs per device on its own rows (`jax.shard_map`) in chunks, so
-the [N, K] distances never exist at once (ImageNet: 1.28M x 10,000), and the per-cluster sums and counts are
+The features are a global [N, D] array (any row order; padding rows carry valid=False). Given a mesh, its rows are
+split over all devices (`row_sharding`) and every pass runs per device on its own rows (`jax.shard_map`) in chunks,
+so the [N, K] distances never exist at once (ImageNet: 1.28M x 10,000), and the per-cluster sums and counts are
 all-reduced (`psum`) over the mesh: 8 devices compute what 1 device does, up to the order of float additions.
+Without a mesh (inside a train step, on a bank in method_state) the same chunked passes run on the global array,
+partitioned by XLA as it is sharded.
 
 - `pca_whiten`: faiss' PCAMatrix(eigen_power=-0.5) as DeepCluster's `preprocess_features` uses it: centre, project
   on the top `dim` eigenvectors of the covariance, scale each by eigenvalue^-1/2, then L2-normalize the rows.
-- `kmeans`: Lloyd iterations with squared Euclidean distance (faiss' `Clustering` with an L2 index, scikit-learn's
-  `KMeans(algorithm='lloyd')`), initial centroids drawn from the rows; an empty cluster is re-seeded by splitting a
+- `kmeans`: the one k-means, Lloyd iterations from given centroids; an empty cluster is re-seeded by splitting a
   large one (faiss: copy its centroid, perturb the two copies by (1 +- 1/1024) in alternating coordinates), the
-  largest clusters first.
+  largest clusters first. Two assignment rules (`nearest`): metric='l2', squared Euclidean (faiss' `Clustering`
+  with an L2 index, scikit-learn's `KMeans(algorithm='lloyd')`: DeepCluster, ODC's initial clustering and its
+  2-means splits), and metric='dot', the largest dot product (InterCLR's re-clustering of its bank: the rule by
+  which the bank's online labels follow the centroids, MMSelfSup's `argmax(centroids . feature)`, so that labels
+  from k-means and from the online updates agree).
 - `balanced_indices`: DeepCluster's uniform sampling over pseudo-classes (MMSelfSup's DeepClusterSampler).
 """
 import functools
@@ -20,21 +26,17 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jssl.train.sharding import BATCH_AXES
-
 # Clustering in full float32: XLA:GPU would otherwise run these products in TF32 (10-bit mantissas), which moves
 # covariances, near-tie assignments and centroids; the cost is small next to an epoch of training.
 _dot = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)
 
 SPLIT_EPS = 1. / 1024  # faiss' perturbation when an empty cluster takes half of a large one
+METRICS = ('l2', 'dot')
 
 
 def row_sharding(mesh):
-  return NamedSharding(mesh, P(BATCH_AXES, None))
-
-
-def _rows(mesh, fn, in_specs, out_specs):
-  return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs)
+  """Rows split over every device of the mesh, columns whole."""
+  return NamedSharding(mesh, P(mesh.axis_names, None))
 
 
 def _chunks(x, valid, chunk):
@@ -69,25 +71,37 @@ def pca_whiten(x, valid, dim: int):
   return y / (jnp.linalg.norm(y, axis=1, keepdims=True) + 1e-10) * w
 
 
-def _assign_chunk(x, centroids):
-  """Nearest centroid by squared Euclidean distance: argmin |c|^2 - 2 x.c (|x|^2 is common to a row)."""
+def nearest(x, centroids, metric: str = 'l2'):
+  """(label [n] int32 of the nearest centroid, distance to it [n]) for rows x [n, D]: 'l2' the squared Euclidean
+  distance (argmin |c|^2 - 2 x.c, |x|^2 being common to a row), 'dot' the largest dot product (distance -x.c)."""
+  if metric == 'dot':
+    sims = _dot(x, centroids.T)
+    return jnp.argmax(sims, axis=1).astype(jnp.int32), -jnp.max(sims, axis=1)
   scores = jnp.sum(centroids * centroids, axis=1)[None, :] - 2. * _dot(x, centroids.T)
   labels = jnp.argmin(scores, axis=1).astype(jnp.int32)
   dist = jnp.take_along_axis(scores, labels[:, None], axis=1)[:, 0] + jnp.sum(x * x, axis=1)
   return labels, dist
 
 
-def assign(x, valid, centroids, mesh, chunk: int = 16384):
-  """(labels [N] int32, squared distance to the centroid [N]) for row-sharded x; invalid rows get label -1."""
+def assign(x, valid, centroids, mesh=None, chunk: int = 16384, metric: str = 'l2'):
+  """(labels [N] int32, distance to the centroid [N]) of the rows of x; invalid rows get label -1."""
   def local(x, valid, centroids):
-    labels, dist = jax.lax.map(lambda xc: _assign_chunk(xc, centroids), _chunks(x, valid, chunk)[0])
+    labels, dist = jax.lax.map(lambda xc: nearest(xc, centroids, metric), _chunks(x, valid, chunk)[0])
     labels, dist = labels.reshape(-1)[:x.shape[0]], dist.reshape(-1)[:x.shape[0]]
     return jnp.where(valid, labels, -1), jnp.where(valid, dist, 0.)
-  return _rows(mesh, local, (P(BATCH_AXES, None), P(BATCH_AXES), P()), (P(BATCH_AXES), P(BATCH_AXES)))(
+  if mesh is None:
+    return local(x, valid, centroids)
+  rows = mesh.axis_names
+  return jax.shard_map(local, mesh=mesh, in_specs=(P(rows, None), P(rows), P()), out_specs=(P(rows), P(rows)))(
       x, valid, centroids)
 
 
-def _cluster_stats(x, valid, centroids, mesh, chunk):
+def cluster_means(sums, counts, old):
+  """Each cluster's mean from its feature sums [K, D] and sizes [K]; an empty cluster keeps its `old` centroid."""
+  return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1)[:, None].astype(sums.dtype), old)
+
+
+def _cluster_stats(x, valid, centroids, mesh, chunk, metric):
   """Per-cluster sums [K, D], counts [K] and the k-means objective, all-reduced over the mesh."""
   k = centroids.shape[0]
 
@@ -95,16 +109,20 @@ def _cluster_stats(x, valid, centroids, mesh, chunk):
     def body(carry, xs):
       sums, counts, obj = carry
       xc, vc = xs
-      labels, dist = _assign_chunk(xc, centroids)
+      labels, dist = nearest(xc, centroids, metric)
       w = vc.astype(xc.dtype)
       sums = sums + jax.ops.segment_sum(xc * w[:, None], labels, num_segments=k)
       counts = counts + jax.ops.segment_sum(vc.astype(jnp.int32), labels, num_segments=k)
       return (sums, counts, obj + jnp.sum(dist * w)), None
     init = (jnp.zeros(centroids.shape, x.dtype), jnp.zeros((k,), jnp.int32), jnp.zeros((), x.dtype))
-    init = jax.lax.pcast(init, BATCH_AXES, to='varying')  # the accumulators differ per device until the psum
+    if mesh is not None:  # the accumulators differ per device until the psum
+      init = jax.lax.pcast(init, mesh.axis_names, to='varying')
     (sums, counts, obj), _ = jax.lax.scan(body, init, _chunks(x, valid, chunk))
-    return jax.lax.psum((sums, counts, obj), BATCH_AXES)
-  return _rows(mesh, local, (P(BATCH_AXES, None), P(BATCH_AXES), P()), P())(x, valid, centroids)
+    return (sums, counts, obj) if mesh is None else jax.lax.psum((sums, counts, obj), mesh.axis_names)
+  if mesh is None:
+    return local(x, valid, centroids)
+  rows = mesh.axis_names
+  return jax.shard_map(local, mesh=mesh, in_specs=(P(rows, None), P(rows), P()), out_specs=P())(x, valid, centroids)
 
 
 def split_empty(centroids, counts):
@@ -132,18 +150,21 @@ def init_centroids(rng, x, valid, k: int):
   return x[idx]
 
 
-@functools.partial(jax.jit, static_argnames=('iterations', 'mesh', 'chunk'))
-def kmeans(x, valid, centroids, iterations: int, mesh, chunk: int = 16384):
-  """Lloyd's k-means from `centroids` on row-sharded x. Each iteration assigns every valid row to its nearest
-  centroid, moves each centroid to the mean of its rows and re-seeds empty clusters by splitting (`split_empty`).
+@functools.partial(jax.jit, static_argnames=('iterations', 'mesh', 'chunk', 'metric'))
+def kmeans(x, valid, centroids, iterations: int, mesh=None, chunk: int = 16384, metric: str = 'l2'):
+  """Lloyd's k-means from `centroids` on the valid rows of x (row-sharded over `mesh`, or any global array
+  without one). Each iteration assigns every valid row to its nearest centroid by `metric` ('l2' or 'dot'),
+  moves each centroid to the mean of its rows and re-seeds empty clusters by splitting (`split_empty`).
   Returns (labels [N] of the final centroids, -1 on invalid rows; centroids [K, D]; objective of the last
-  assignment: the sum of squared distances)."""
+  assignment: the sum of the distances, for 'dot' of the negated dot products)."""
+  if metric not in METRICS:
+    raise ValueError(f"kmeans: unknown metric '{metric}'; valid: {', '.join(METRICS)}")
+
   def body(_, cents):
-    sums, counts, _ = _cluster_stats(x, valid, cents, mesh, chunk)
-    new = jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1)[:, None].astype(x.dtype), cents)
-    return split_empty(new, counts)
+    sums, counts, _ = _cluster_stats(x, valid, cents, mesh, chunk, metric)
+    return split_empty(cluster_means(sums, counts, cents), counts)
   centroids = jax.lax.fori_loop(0, iterations, body, centroids)
-  labels, dist = assign(x, valid, centroids, mesh, chunk)
+  labels, dist = assign(x, valid, centroids, mesh, chunk, metric)
   return labels, centroids, jnp.sum(dist)
 
 

@@ -1,10 +1,10 @@
-"""The memory-bank pieces (jssl/train/memory.py) against NumPy: the momentum update with duplicate indices, uniform
-sampling, cluster centroids, same-cluster sampling and k-means."""
+"""The memory-bank pieces (jssl/parts/memory.py) against NumPy: the momentum update with duplicate indices, uniform
+sampling, cluster centroids, same-cluster sampling."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jssl.train import memory
+from jssl.parts import memory
 
 
 def unit(x):
@@ -78,16 +78,26 @@ def test_sample_same_cluster_is_uniform_within_the_cluster():
     np.testing.assert_allclose(counts / 3000, 1 / len(members), atol=0.03)
 
 
-def test_kmeans_finds_separated_clusters_and_reseeds_empty_ones():
-  rng = np.random.default_rng(3)
-  centers = unit(rng.normal(size=(4, 8)))
-  truth = np.repeat(np.arange(4), 25)
-  bank = unit(centers[truth] + 0.05 * rng.normal(size=(100, 8))).astype(np.float32)
-  # start from two copies of one center: two clusters are empty after the first assignment
-  init = np.stack([centers[0], centers[0], centers[1], centers[1]]).astype(np.float32)
-  labels, cents = memory.kmeans(jnp.asarray(bank), jnp.asarray(init), 10)
-  labels = np.asarray(labels)
-  assert len(np.unique(labels)) == 4
-  # the clustering equals the truth up to a permutation
-  for c in range(4):
-    assert len(np.unique(labels[truth == c])) == 1
+def test_clustered_bank_init_and_update_follow_the_centroids():
+  bank = memory.init(jax.random.key(0), 10, 4, num_clusters=3)
+  assert sorted(bank) == ['centroids', 'features', 'labels']
+  np.testing.assert_allclose(np.linalg.norm(bank['features'], axis=1), 1., rtol=1e-6)
+  np.testing.assert_array_equal(bank['labels'], np.arange(10) % 3)
+  features = np.asarray(bank['features'], np.float64)
+  for c in range(3):
+    np.testing.assert_allclose(bank['centroids'][c], features[np.arange(10) % 3 == c].mean(0), rtol=1e-5, atol=1e-6)
+  # the rows move (momentum 1: replaced), their labels follow the most similar centroid, the change is counted
+  index = jnp.asarray([1, 4, 7])
+  new_features = np.asarray(bank['centroids'])[[2, 2, 0]] * 3.
+  new, change_ratio = memory.update(bank, index, jnp.asarray(new_features, jnp.float32), 1.)
+  np.testing.assert_allclose(new['features'][np.asarray(index)], unit(new_features), rtol=1e-5)
+  want = np.argmax(unit(new_features) @ np.asarray(bank['centroids'], np.float64).T, axis=1)
+  np.testing.assert_array_equal(new['labels'][np.asarray(index)], want)
+  np.testing.assert_allclose(change_ratio, np.mean(want != np.asarray([1, 1, 1])))
+  assert float(change_ratio) > 0
+  moved = memory.update_centroids(new)
+  np.testing.assert_allclose(moved['centroids'], memory.compute_centroids(new['features'], new['labels'],
+                                                                          new['centroids']), rtol=1e-6)
+  # a plain bank (NPID): the rows only
+  plain, ratio = memory.update({'features': bank['features']}, index, jnp.asarray(new_features, jnp.float32), 1.)
+  assert sorted(plain) == ['features'] and float(ratio) == 0.

@@ -1,10 +1,12 @@
-"""jssl.train.clustering against scikit-learn (k-means), NumPy (PCA whitening, splitting) and across device counts."""
+"""jssl.parts.clustering against scikit-learn (k-means), NumPy (PCA whitening, splitting) and across device counts."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jssl.train import clustering, sharding
+from jssl.parts import clustering
+from jssl.train import sharding
+from tests.parts.test_memory import unit
 
 
 def blobs(n=600, d=8, k=6, seed=0):
@@ -80,9 +82,26 @@ def test_balanced_indices_sample_every_cluster_equally():
   assert len(set(without[labels[without] == 0])) == np.sum(labels[without] == 0)   # cluster 0 (90) is big enough
 
 
+def test_dot_kmeans_finds_separated_clusters_and_reseeds_empty_ones():
+  """metric='dot' (InterCLR's re-clustering of its unit-norm bank), without a mesh, as inside a train step."""
+  rng = np.random.default_rng(3)
+  centers = unit(rng.normal(size=(4, 8)))
+  truth = np.repeat(np.arange(4), 25)
+  bank = unit(centers[truth] + 0.05 * rng.normal(size=(100, 8))).astype(np.float32)
+  # start from two copies of one center: two clusters are empty after the first assignment
+  init = np.stack([centers[0], centers[0], centers[1], centers[1]]).astype(np.float32)
+  labels, cents, _ = clustering.kmeans(jnp.asarray(bank), jnp.ones(100, bool), jnp.asarray(init), 10, metric='dot')
+  labels = np.asarray(labels)
+  assert len(np.unique(labels)) == 4
+  # the clustering equals the truth up to a permutation
+  for c in range(4):
+    assert len(np.unique(labels[truth == c])) == 1
+
+
 EIGHT_DEVICES = r'''
 import jax, jax.numpy as jnp, numpy as np
-from jssl.train import clustering, sharding
+from jssl.parts import clustering
+from jssl.train import sharding
 rng = np.random.default_rng(0)
 x = (rng.normal(0, 3, (12, 16))[rng.integers(0, 12, 1000)] + rng.normal(0, 1, (1000, 16))).astype(np.float32)
 out = {}

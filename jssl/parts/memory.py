@@ -1,12 +1,17 @@
-"""Memory banks: one feature row per training image, addressed by the dataset index (NPID, InterCLR, ODC).
+"""Memory banks: one feature row per training image, addressed by the dataset index (NPID, ODC, InterCLR).
 
-A bank is a [num_records, D] float32 array of L2-normalized features held in `method_state` (a global array like
-any other state: replicated, or row-sharded under FSDP). `batch['index']` says which rows a batch's images own.
+A bank is {'features': [num_records, D] float32, L2-normalized rows} and, for the clustered banks (ODC, InterCLR),
+'labels' [num_records] int32 and 'centroids' [C, D] float32: MMSelfSup's SimpleMemory / ODCMemory /
+InterCLRMemory `feature_bank`, `label_bank` and `centroids`. It lives in method_state (global arrays like any
+other state: replicated, or row-sharded under FSDP); `batch['index']` says which rows a batch's images own.
 Everything here is pure and jit-able; randomness comes from the caller's key, so under jit the draws do not depend
 on the device count.
 
-Update rule (MMSelfSup's SimpleMemory / InterCLRMemory): row <- normalize((1 - m) * row + m * normalize(feature)),
-`m` being the weight of the NEW feature (m = 0.5 for NPID, m = 1 replaces the row, InterCLR).
+Update rule (MMSelfSup's SimpleMemory / ODCMemory / InterCLRMemory): row <- normalize((1 - m) * row +
+m * normalize(feature)), `m` being the weight of the NEW feature (m = 0.5 for NPID and ODC, m = 1 replaces the row,
+InterCLR); a clustered bank then labels each updated row with the centroid of largest dot product (the
+reference's argmax of centroids . feature). Centroids are the mean row of each cluster, not re-normalized, as the
+reference's.
 
 Duplicate indices in one global batch (several views of one image, or a sampler drawing with replacement): every
 row is updated once, from the mean of that row's normalized features in the batch. Every duplicate then writes the
@@ -18,19 +23,24 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jssl.losses import l2_normalize
+from jssl.parts import clustering
+
 # full float32 products (no TF32 on GPU): memory features, centroids and assignments stay exact
 _dot = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)
 
 
-def l2_normalize(x, axis=-1, eps=1e-12):
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), eps)
-
-
-def init_bank(rng, num_records: int, dim: int):
-  """[num_records, dim] random unit vectors (normal, normalized), as the reference's initial bank."""
+def init(rng, num_records: int, dim: int, num_clusters: int = 0):
+  """A bank of [num_records, dim] random unit vectors (normal, normalized), as the reference's initial bank; with
+  num_clusters, labels by index (index mod C) and their centroids."""
   if num_records <= 0:
     raise ValueError(f'a memory bank needs the training set size (num_records > 0), got {num_records}')
-  return l2_normalize(jax.random.normal(rng, (num_records, dim), jnp.float32))
+  bank = {'features': l2_normalize(jax.random.normal(rng, (num_records, dim), jnp.float32))}
+  if num_clusters:
+    labels = jnp.arange(num_records, dtype=jnp.int32) % num_clusters
+    centroids = compute_centroids(bank['features'], labels, jnp.zeros((num_clusters, dim), jnp.float32))
+    bank.update(labels=labels, centroids=centroids)
+  return bank
 
 
 def sample_uniform(rng, shape, num_records: int, exclude=None):
@@ -60,7 +70,20 @@ def momentum_update(bank, index, features, momentum):
   return bank.at[index].set(rows), rows
 
 
-# --- clustered banks (InterCLR, ODC): pseudo-labels [N] int32 and centroids [C, D] ---------------------------------
+def update(bank, index, features, momentum):
+  """The bank after a batch's features [B, D] (rows `index`): rows momentum-updated and, in a clustered bank,
+  relabelled by their most similar centroid (MMSelfSup's update_samples_memory). Returns (bank, the fraction of
+  the batch whose label changed; 0 for a bank without labels)."""
+  features, rows = momentum_update(bank['features'], index, features, momentum)
+  if 'labels' not in bank:
+    return {**bank, 'features': features}, jnp.zeros((), jnp.float32)
+  index = index.astype(jnp.int32)
+  new_labels = nearest_centroid(rows, bank['centroids'])
+  change_ratio = jnp.mean((new_labels != bank['labels'][index]).astype(jnp.float32))
+  return {**bank, 'features': features, 'labels': bank['labels'].at[index].set(new_labels)}, change_ratio
+
+
+# --- clustered banks (ODC, InterCLR): labels and centroids --------------------------------------------------------
 
 def cluster_sizes(labels, num_clusters: int):
   return jnp.zeros((num_clusters,), jnp.int32).at[labels].add(1)
@@ -70,13 +93,17 @@ def compute_centroids(bank, labels, old_centroids):
   """Mean feature of each cluster (not re-normalized, as the reference); empty clusters keep their old centroid."""
   num_clusters = old_centroids.shape[0]
   sums = jax.ops.segment_sum(bank, labels, num_segments=num_clusters)
-  counts = cluster_sizes(labels, num_clusters)
-  return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1)[:, None].astype(bank.dtype), old_centroids)
+  return clustering.cluster_means(sums, cluster_sizes(labels, num_clusters), old_centroids)
+
+
+def update_centroids(bank):
+  """A clustered bank with each cluster's centroid moved to its mean row (MMSelfSup's update_centroids_memory)."""
+  return {**bank, 'centroids': compute_centroids(bank['features'], bank['labels'], bank['centroids'])}
 
 
 def nearest_centroid(features, centroids):
   """Label of the centroid with the largest dot product (the reference's argmax of centroids . feature)."""
-  return jnp.argmax(_dot(features, centroids.T), axis=1).astype(jnp.int32)
+  return clustering.nearest(features, centroids, 'dot')[0]
 
 
 def sample_same_cluster(rng, labels, query_labels):
@@ -93,40 +120,6 @@ def sample_same_cluster(rng, labels, query_labels):
   return order[jnp.clip(start + offset, 0, labels.shape[0] - 1)]
 
 
-def assign(bank, centroids, chunk: int = 65536):
-  """(label, similarity to it) of each bank row by the largest dot product, computed `chunk` rows at a time so that
-  the [N, C] similarities never exist at once (ImageNet: 1.28M x 10,000)."""
-  n = bank.shape[0]
-  if n <= chunk:
-    sims = _dot(bank, centroids.T)
-    return jnp.argmax(sims, axis=1).astype(jnp.int32), jnp.max(sims, axis=1)
-  pad = -n % chunk
-  rows = jnp.pad(bank, ((0, pad), (0, 0))).reshape(-1, chunk, bank.shape[1])
-  def one(x):
-    sims = _dot(x, centroids.T)
-    return jnp.argmax(sims, axis=1).astype(jnp.int32), jnp.max(sims, axis=1)
-  labels, best = jax.lax.map(one, rows)
-  return labels.reshape(-1)[:n], best.reshape(-1)[:n]
-
-
-def kmeans(bank, centroids, iterations: int):
-  """Lloyd iterations on the bank from `centroids` (dot-product assignment, mean update); an empty cluster is
-  re-seeded with a bank row of lowest similarity to its own centroid (one distinct row per empty cluster).
-  Returns (labels, centroids)."""
-  num_clusters = centroids.shape[0]
-
-  def body(_, cents):
-    labels, own = assign(bank, cents)
-    counts = cluster_sizes(labels, num_clusters)
-    new = compute_centroids(bank, labels, cents)
-    worst = jnp.argsort(own)[:num_clusters]
-    empty_rank = jnp.cumsum(counts == 0) - 1
-    reseed = bank[worst[jnp.clip(empty_rank, 0, worst.shape[0] - 1)]]
-    return jnp.where((counts == 0)[:, None], reseed, new)
-  centroids = jax.lax.fori_loop(0, iterations, body, centroids)
-  return assign(bank, centroids)[0], centroids
-
-
 # --- ODC's small-cluster handling (MMSelfSup's ODCMemory.deal_with_small_clusters) ---------------------------------
 
 def member_centroid(bank, member, old):
@@ -137,25 +130,17 @@ def member_centroid(bank, member, old):
 
 
 def two_means(bank, member, iterations: int = 20):
-  """Splits the rows where `member` is True in two (Lloyd, squared Euclidean); returns the mask of the second part.
+  """Splits the rows where `member` is True in two (Lloyd, squared Euclidean: clustering.kmeans); returns the
+  mask of the second part.
 
   Deterministic start (the reference uses scikit-learn's KMeans(2, random_state=0)): the member farthest from the
   members' mean, and the member farthest from that one. If a part comes out empty, the members split by position:
   the second half (by index) is the second part (the reference: a random half)."""
   mean = member_centroid(bank, member, jnp.zeros(bank.shape[1], bank.dtype))
   far = lambda c: jnp.argmax(jnp.where(member, jnp.sum((bank - c) ** 2, axis=1), -1.))
-  a = bank[far(mean)]
-  b = bank[far(a)]
-
-  def second(a, b):
-    return member & (jnp.sum((bank - b) ** 2, axis=1) < jnp.sum((bank - a) ** 2, axis=1))
-
-  def body(_, ab):
-    a, b = ab
-    part = second(a, b)
-    return member_centroid(bank, member & ~part, a), member_centroid(bank, part, b)
-  a, b = jax.lax.fori_loop(0, iterations, body, (a, b))
-  part = second(a, b)
+  first = bank[far(mean)]
+  labels, _, _ = clustering.kmeans(bank, member, jnp.stack([first, bank[far(first)]]), iterations)
+  part = labels == 1
   count = jnp.sum(member)
   failed = (jnp.sum(part) == 0) | (jnp.sum(part) == count)
   halves = member & (jnp.cumsum(member) - 1 >= count // 2)
