@@ -205,13 +205,13 @@ def test_cli_end_to_end(tmp_path):
   """A random ResNet-18 (8 filters) on a synthetic VOC tree: the features, 20 classes' SVMs per stage, low-shot k=1;
   then the same benchmark from the files extract_features writes. Errors are one line."""
   import jax
-  from jssl import convert
+  from jssl import pretrained
   write_voc(tmp_path)
-  template = convert.backbone_template('resnet18', {'num_filters': 8})
+  template = pretrained.backbone_template('resnet18', {'num_filters': 8})
   rng = np.random.default_rng(0)
   variables = jax.tree.map(lambda s: (rng.normal(size=s.shape) * 0.1).astype(np.float32), template)
   variables['batch_stats'] = jax.tree.map(lambda s: np.ones(s.shape, np.float32), template['batch_stats'])
-  convert.save_imported_backbone(str(tmp_path / 'r18'), 'resnet18', {'num_filters': 8}, variables)
+  pretrained.save_imported_backbone(str(tmp_path / 'r18'), 'resnet18', {'num_filters': 8}, variables)
   voc = str(tmp_path / 'VOCdevkit' / 'VOC2007')
   common = ['--resize=32', '--size=32', '--pool=adaptive', '--stages=feat2,feat5', '--batch_size=32']
   run_python(['-m', 'jssl.evaluate.svm_voc', f'--pretrained={tmp_path / "r18"}', f'--voc_root={voc}',
