@@ -47,7 +47,7 @@ def test_another_architecture_is_refused_naming_the_kwarg_and_its_value(tmp_path
                                         "(config.backbone.kwargs.sincos_layout: 'mae'); valid: "
                                         '--config.backbone.kwargs.sincos_layout=mocov3'),
       ({**theirs, 'num_heads': 4}, f'config.init.backbone: {path} holds a vit_tiny with num_heads=2 '
-                                   '(config.backbone.kwargs.num_heads: 4); valid: --config.backbone.kwargs.num_heads=2'),
+       '(config.backbone.kwargs.num_heads: 4); valid: --config.backbone.kwargs.num_heads=2'),
       ({**theirs, 'embed_dim': 64, 'patch_size': 16}, f'config.init.backbone: {path} holds a vit_tiny with '
        'patch_size=8 (config.backbone.kwargs.patch_size: 16), embed_dim=32 (config.backbone.kwargs.embed_dim: 64); '
        'valid: --config.backbone.kwargs.patch_size=8 --config.backbone.kwargs.embed_dim=32'),
