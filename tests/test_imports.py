@@ -5,8 +5,6 @@ training code."""
 import ast
 import os
 
-import pytest
-
 from tests.conftest import ROOT
 
 
@@ -105,9 +103,5 @@ def test_converters_import_no_training_code():
   assert loops == [], f'reach jssl.train.loop: {loops}'
 
 
-# FOR THE LEAD: fails on main today (jssl/methods/* import jssl.train.ema / queue / memory / clustering); branch `parts`
-# moves those into jssl/parts/. Once it is merged this XPASSes, which strict=True reports as a failure: then drop the
-# mark.
-@pytest.mark.xfail(strict=True, reason='jssl/methods still import jssl/train until branch parts is merged')
 def test_methods_import_no_training_code():
   assert imports_of(import_graph(), 'jssl.methods', 'jssl.train') == []
