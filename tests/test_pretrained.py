@@ -117,7 +117,7 @@ def test_a_workdir_backbone_is_read_alone_whatever_the_method_keeps(tmp_path):
   assert (name, kwargs) == (config.backbone.name, config.backbone.kwargs.to_dict())
   jax.tree.map(np.testing.assert_array_equal, variables, pretrained.backbone_subtree(state))
   _, model, step = pretrained.load_workdir(str(tmp_path / 'odc'))
-  assert step == 2 and model.opt_state is None and model.method_state['labels'].shape == (40,)
+  assert step == 2 and model.opt_state is None and model.method_state['memory']['labels'].shape == (40,)
   jax.tree.map(np.testing.assert_array_equal, model.params, state.params)
 
   checksums = next((tmp_path / 'odc' / 'checkpoints' / '2' / 'checksums').iterdir())
