@@ -3,7 +3,10 @@ data-iterator position and a checksum of every array, keeping the last N plus ev
 the latest step that reads back and matches its checksums: a step whose files are truncated, missing or damaged (a
 crash or a full disk while writing, a file deleted by hand, flipped bits) is moved to
 WORKDIR/checkpoints_corrupt/<step> with a warning, and the one before it is restored. An unfinished write left by a
-run killed while saving is reported and removed when training opens the workdir (see docs/staying_up.md)."""
+run killed while saving is reported and removed when training opens the workdir (see docs/staying_up.md).
+`restore_parts` reads only some of a step's arrays (a backbone: not the optimizer state), as they were saved."""
+import asyncio
+import contextlib
 import os
 import sys
 
@@ -106,12 +109,14 @@ def checksums(tree) -> dict:
           for p, v in zip(paths, values)}
 
 
-def _mismatch(saved, state):
-  """None, or what does not match in `state` the checksums saved with it."""
+def _mismatch(saved, state, partial=False):
+  """None, or what does not match in `state` the checksums saved with it (`partial`: `state` holds some of the
+  saved arrays)."""
   if saved.get('format') != CHECKSUM_FORMAT:
     return f"checksums of an unknown format {saved.get('format')!r}"
   expected, actual = saved['arrays'], checksums(state)
-  bad = [k for k in actual if expected.get(k) != actual[k]] + [k for k in expected if k not in actual]
+  bad = [k for k in actual if expected.get(k) != actual[k]] + \
+      ([] if partial else [k for k in expected if k not in actual])
   if not bad:
     return None
   more = f' (and {len(bad) - 1} more arrays)' if len(bad) > 1 else ''
@@ -126,11 +131,16 @@ def save(manager: ocp.CheckpointManager, step: int, state, data_iter=None, force
   return manager.save(step, args=ocp.args.Composite(**items), force=force)
 
 
-def _restore_checked(manager, step, abstract_state, data_iter=None):
+def _restore_checked(manager, step, abstract_state, data_iter=None, partial=False):
   """(state, None, verified) or (None, why not, verified): the step's state restored (and the data iterator's
   position, in place) and checked against the checksums saved with it, the same on every process; `verified` is
-  False for a step saved without checksums (by a jssl before them): it restores, unchecked."""
-  items = {'state': ocp.args.StandardRestore(abstract_state)}
+  False for a step saved without checksums (by a jssl before them): it restores, unchecked. `partial`: only the
+  arrays of `abstract_state` (a subtree of the saved state's nested dicts) are read, and checked."""
+  if partial:
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract_state)
+    items = {'state': ocp.args.PyTreeRestore(abstract_state, restore_args=restore_args, partial_restore=True)}
+  else:
+    items = {'state': ocp.args.StandardRestore(abstract_state)}
   if data_iter is not None:
     items['data_iter'] = grain.PyGrainCheckpointRestore(data_iter)
   verifiable = (epath.Path(str(manager.directory)) / str(step) / 'checksums').exists()
@@ -143,7 +153,7 @@ def _restore_checked(manager, step, abstract_state, data_iter=None):
     if failed_on.any() and error is None:
       error = f'process {int(np.argmax(failed_on))} could not read it'
   if error is None and verifiable:  # a global computation: the same answer on every process
-    error = _mismatch(restored['checksums'], restored['state'])
+    error = _mismatch(restored['checksums'], restored['state'], partial)
   return (None, error, verifiable) if error is not None else (restored['state'], None, verifiable)
 
 
@@ -212,12 +222,48 @@ def check_latest(manager: ocp.CheckpointManager, abstract_state) -> str:
 def _try_restore(manager, step, args):
   """(restored, None), or (None, the error's first line) where the step does not read back."""
   try:
-    return manager.restore(step, args=args), None
+    with _reads_end_before_their_loop():
+      return manager.restore(step, args=args), None
   except Exception as e:  # orbax/tensorstore raise many types (ValueError, FileNotFoundError, XlaRuntimeError, ...)
-    while e.__cause__ is not None:  # orbax wraps TensorStore's error in one whose text is a repr of the store
-      e = e.__cause__
-    first = str(e).strip().splitlines()[0].split(' [tensorstore_spec')[0] if str(e).strip() else ''
-    return None, f'{type(e).__name__}: {first[:300]}'
+    return None, _first_line(e)
+
+
+def _first_line(e):
+  """The error's type and first line; orbax wraps TensorStore's error in one whose text is a repr of the store."""
+  while e.__cause__ is not None:
+    e = e.__cause__
+  first = str(e).strip().splitlines()[0].split(' [tensorstore_spec')[0] if str(e).strip() else ''
+  return f'{type(e).__name__}: {first[:300]}'
+
+
+class _LoopThatLetsItsTasksEnd(asyncio.SelectorEventLoop):
+  """orbax runs a restore in an event loop of its own and closes it as soon as one read fails (a damaged file, an
+  array of another shape), while TensorStore goes on with the step's other reads: each of them, when it ends, calls
+  back into the closed loop, and TensorStore prints a `RuntimeError: Event loop is closed` traceback for it,
+  hundreds for a whole state. This loop lets its unfinished tasks (those reads) end before it closes; orbax's own
+  error is raised as before."""
+
+  def close(self):
+    pending = [t for t in asyncio.all_tasks(self) if not t.done()]
+    if pending and not self.is_running() and not self.is_closed():
+      self.run_until_complete(asyncio.gather(*pending, return_exceptions=True))  # the first error is orbax's
+    super().close()
+
+
+class _LoopsLetTheirTasksEnd(asyncio.DefaultEventLoopPolicy):
+  def new_event_loop(self):
+    return _LoopThatLetsItsTasksEnd()
+
+
+@contextlib.contextmanager
+def _reads_end_before_their_loop():
+  """orbax's reads (asyncio.new_event_loop for each) under `_LoopThatLetsItsTasksEnd`."""
+  previous = asyncio.get_event_loop_policy()
+  asyncio.set_event_loop_policy(_LoopsLetTheirTasksEnd())
+  try:
+    yield
+  finally:
+    asyncio.set_event_loop_policy(previous)
 
 
 def _corrupt_dir(manager):
@@ -247,25 +293,107 @@ def _set_aside(manager, step, error):
 def restore_data_iter(manager: ocp.CheckpointManager, step: int, data_iter):
   """Restores only the data iterator's position (in place), e.g. into an iterator built after the state was
   restored because the epoch's sampling plan depends on it."""
-  manager.restore(step, args=ocp.args.Composite(data_iter=grain.PyGrainCheckpointRestore(data_iter)))
+  with _reads_end_before_their_loop():
+    manager.restore(step, args=ocp.args.Composite(data_iter=grain.PyGrainCheckpointRestore(data_iter)))
 
 
 def restore_params(workdir: str, abstract_state, step: int | None = None):
   """Only the TrainState of a workdir's checkpoint (for evaluation / export): `step`, or else the latest that reads
   back and matches its checksums. Read-only: a damaged step is only warned about (the next training run on the
   workdir moves it aside)."""
+  return _read_only(workdir, step, lambda manager, step: _restore_checked(manager, step, abstract_state))
+
+
+def restore_parts(workdir: str, parts, step: int | None = None):
+  """({part: its subtree of numpy arrays}, step): some parts of a workdir's checkpoint, each a path in the saved
+  TrainState ('params/backbone', 'model_state/batch_stats/backbone', 'method_state'), read as they were saved
+  (shapes and dtypes from the step's metadata: nothing is built) and checked against their checksums; a part the
+  step does not hold is absent. Only their arrays are read: a backbone without the optimizer state (twice the
+  params under Adam), EMA targets or memory banks. `step`, or else the latest that reads back, as
+  restore_params."""
+  def read(manager, step):
+    try:
+      saved = _saved_tree(manager, step)
+    except Exception as e:  # as _try_restore: orbax/tensorstore raise many types
+      return None, _first_line(e), True
+    tree = {}
+    for part in parts:
+      subtree = _subtree(saved, part)
+      if jax.tree.leaves(subtree):
+        *parents, last = part.split('/')
+        node = tree
+        for key in parents:
+          node = node.setdefault(key, {})
+        node[last] = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), subtree)
+    return _restore_checked(manager, step, tree, partial=True)
+
+  restored, step = _read_only(workdir, step, read)
+  return {part: _subtree(restored, part) for part in parts if _subtree(restored, part) is not None}, step
+
+
+def saved_shapes(workdir: str, step: int | None = None):
+  """(the saved TrainState's nested dicts of ShapeDtypeStructs, step) from a step's metadata alone (no array is
+  read): `step`, or else the latest whose metadata reads back."""
+  def read(manager, step):
+    try:
+      tree = _saved_tree(manager, step)
+    except Exception as e:  # as _try_restore
+      return None, _first_line(e), True
+    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree), None, True
+  return _read_only(workdir, step, read, verb='read')
+
+
+def _saved_tree(manager, step):
+  with _reads_end_before_their_loop():
+    return ocp.PyTreeCheckpointHandler().metadata(epath.Path(str(manager.directory)) / str(step) / 'state').tree
+
+
+def _subtree(tree, path):
+  for key in path.split('/'):
+    tree = tree.get(key) if isinstance(tree, dict) else None
+  return tree
+
+
+def _read_only(workdir, step, read, verb='restored'):
+  """`read(manager, step)` -> (result, None, verified) or (None, why not, verified) of `step`, or else of the latest
+  step it reads, warning about each newer one; the workdir is left as it is."""
   manager = make_manager(workdir, async_save=False, read_only=True)
-  if step is not None:
-    return _restore_step(manager, step, abstract_state), step
-  steps = sorted(manager.all_steps(), reverse=True)
-  if not steps:
-    raise FileNotFoundError(f'no checkpoint in {manager.directory}')
-  for step in steps:
-    state, error, verified = _restore_checked(manager, step, abstract_state)
-    if error is None:
+  try:
+    if step is not None:
+      result, error, verified = read(manager, step)
+      if error is not None:
+        raise CheckpointError(f'checkpoint {manager.directory / str(step)} could not be {verb} ({error})')
       if not verified:
         _warn_unverified(manager, step)
-      return state, step
-    print(f'jssl: warning: checkpoint {manager.directory / str(step)} could not be restored ({error}); trying '
-          f'the step before it', file=sys.stderr, flush=True)
-  raise CheckpointError(f'no checkpoint in {manager.directory} could be restored')
+      return result, step
+    steps = sorted(manager.all_steps(), reverse=True)
+    if not steps:
+      raise FileNotFoundError(f'no checkpoint in {manager.directory}')
+    for step in steps:
+      result, error, verified = read(manager, step)
+      if error is None:
+        if not verified:
+          _warn_unverified(manager, step)
+        return result, step
+      print(f'jssl: warning: checkpoint {manager.directory / str(step)} could not be {verb} ({error}); trying '
+            f'the step before it', file=sys.stderr, flush=True)
+    raise CheckpointError(f'no checkpoint in {manager.directory} could be {verb}')
+  finally:
+    manager.close()
+
+
+def save_tree(directory: str, tree):
+  """A pytree saved by itself (an imported backbone's variables/), with orbax's StandardCheckpointer."""
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(directory, tree)
+    checkpointer.wait_until_finished()
+
+
+def restore_tree(directory: str, abstract_tree):
+  """A pytree saved by `save_tree`, restored into `abstract_tree`; a directory that does not read back is a
+  CheckpointError naming it and what failed."""
+  try:
+    with _reads_end_before_their_loop(), ocp.StandardCheckpointer() as checkpointer:
+      return checkpointer.restore(directory, abstract_tree)
+  except Exception as e:  # as _try_restore: orbax/tensorstore raise many types
+    raise CheckpointError(f'{directory}: could not be restored ({_first_line(e)})') from None

@@ -78,7 +78,7 @@ def main(argv):
   from jssl.checkpoint import CheckpointError
   from jssl.train.guard import WorkdirLocked
   try:
-    from jssl.train.loop import resolve_pretrained_backbone
+    from jssl.pretrained import resolve_pretrained_backbone
     resolve_pretrained_backbone(config)  # evaluators take the architecture of config.init.backbone
     check_config(config)
     maybe_initialize_distributed()

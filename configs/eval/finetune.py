@@ -93,7 +93,7 @@ def get_config(arg=None):
                       ERASING]
   elif arg in ('simmim', 'simmim_192'):
     # Swin: pooled, normed last stage. 224 px / window 7 after 192 px / window 6 pretraining: the relative position
-    # tables are resized on load (convert.resize_relative_position_bias_table)
+    # tables are resized on load (jssl.pretrained.resize_relative_position_bias_table)
     c.backbone.kwargs = ml_collections.ConfigDict({'drop_path_rate': 0.1, 'img_size': 224, 'window_size': 7})
     c.batch_size = 2048
     c.dtype = 'bfloat16'

@@ -73,7 +73,8 @@ def export(args):
 
 
 def import_(args):
-  from jssl.convert import import_backbone_file, io, save_imported_backbone
+  from jssl.convert import import_backbone_file, io
+  from jssl.pretrained import save_imported_backbone
   if not args.backbone:
     fail('--backbone is required to import a file, e.g. --backbone=resnet50')
   if args.step is not None or args.whole_model or args.file_format:

@@ -3,59 +3,13 @@ mmpretrain's `DALL-E` encoder) -> jssl's .npz, which CAE reads without torch.
 
   python -m jssl.convert.dalle dalle_encoder.pth dalle_encoder.npz
 
-  torch (under an optional 'state_dict' and any prefix)      jssl (jssl/models/dalle.py)
-  blocks.input.{w,b}                                         input/{kernel,bias}
-  blocks.group_{g}.block_{i}.id_path.{w,b}                   group_{g}_block_{i}/id_path/{kernel,bias}
-  blocks.group_{g}.block_{i}.res_path.conv_{j}.{w,b}         group_{g}_block_{i}/conv_{j}/{kernel,bias}
-  blocks.output.conv.{w,b}                                   output/{kernel,bias}
-Kernels go from OIHW to HWIO. Failures are one line on stderr, exit code 2, and nothing is written.
+The names and layouts are jssl.models.dalle.from_torch_state's (its docstring has the table). Failures are one line
+on stderr, exit code 2, and nothing is written.
 """
 import os
-import re
 import sys
 
-import numpy as np
-
 from jssl.convert.errors import ConversionError
-
-_PATTERNS = [
-    (re.compile(r'blocks\.input\.([wb])'), lambda m: 'input'),
-    (re.compile(r'blocks\.group_(\d+)\.block_(\d+)\.id_path\.([wb])'), lambda m: f'group_{m[1]}_block_{m[2]}/id_path'),
-    (re.compile(r'blocks\.group_(\d+)\.block_(\d+)\.res_path\.conv_(\d+)\.([wb])'),
-     lambda m: f'group_{m[1]}_block_{m[2]}/conv_{m[3]}'),
-    (re.compile(r'blocks\.output\.conv\.([wb])'), lambda m: 'output'),
-]
-
-
-def from_torch_state(state_dict, path='state dict'):
-  """{torch name: array} -> the jssl params tree (numpy); every key must map."""
-  params, unexpected = {}, []
-  for key, value in state_dict.items():
-    name = key[key.find('blocks.'):] if 'blocks.' in key else key
-    for pattern, module_of in _PATTERNS:
-      m = pattern.fullmatch(name)
-      if m:
-        value = np.asarray(value, np.float32)
-        leaf = 'kernel' if name.endswith('.w') else 'bias'
-        node = params
-        for part in module_of(m).split('/'):
-          node = node.setdefault(part, {})
-        node[leaf] = value.transpose(2, 3, 1, 0) if leaf == 'kernel' else value
-        break
-    else:
-      unexpected.append(key)
-  if unexpected:
-    raise ConversionError(f'{path}: not a DALL-E encoder state dict: unexpected keys: {", ".join(unexpected)}')
-  return params
-
-
-def from_torch_file(path):
-  from jssl.convert.io import read_checkpoint
-  content = read_checkpoint(path)
-  state_dict = content.get('state_dict', content) if isinstance(content, dict) else content
-  if not isinstance(state_dict, dict):
-    raise ConversionError(f'{path}: expected a state dict (a mapping of tensors), got {type(state_dict).__name__}')
-  return from_torch_state(state_dict, path)
 
 
 def main(argv):
@@ -68,7 +22,7 @@ def main(argv):
   from jssl.models import dalle  # after parsing: --help starts without jax
   if not dst.endswith('.npz'):
     raise ConversionError(f'{dst}: the output is an .npz file; usage: python -m jssl.convert.dalle IN.pth OUT.npz')
-  params = from_torch_file(src)
+  params = dalle.from_torch_file(src)
   dalle.check_params(params, src)
   if not os.path.isdir(os.path.dirname(os.path.abspath(dst))):
     raise ConversionError(f'{dst}: the directory {os.path.dirname(os.path.abspath(dst))} does not exist')

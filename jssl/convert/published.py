@@ -40,7 +40,7 @@ def write_published(out: str, modules: dict, config, step: int) -> str:
   import ml_collections
   import safetensors.numpy
   from flax import traverse_util
-  from jssl.convert import io
+  from jssl.convert.io import current_umask
   stem = out[:-len(EXTENSION)] if out.endswith(EXTENSION) else out
   directory = os.path.dirname(os.path.abspath(stem))
   if not os.path.isdir(directory):
@@ -53,7 +53,7 @@ def write_published(out: str, modules: dict, config, step: int) -> str:
   os.close(fd)
   try:
     safetensors.numpy.save_file(tensors, tmp, metadata=metadata)
-    os.chmod(tmp, 0o666 & ~io.current_umask())
+    os.chmod(tmp, 0o666 & ~current_umask())
     final = f'{stem}-{sha256_of(tmp)[:8]}{EXTENSION}'
     os.replace(tmp, final)
   except BaseException:

@@ -13,6 +13,8 @@ Sources:
   Cifar10Source      the `cifar-10-batches-py` pickles.
   Cifar100Source     the `cifar-100-python` pickles (fine labels).
   TfdsSource         `tfds.data_source` over an array_record-prepared dataset.
+  VOC2007Source      PASCAL VOC 2007's multi-label classification (the VOC07 SVM benchmarks; not in
+                     build_source: labels [20] of 1 / -1 / 0).
 
 `build_source(cfg, split)` picks one from `config.data`, with `split` being the
 role 'train' or 'val'. The fields it reads (missing or None -> default):
@@ -433,6 +435,85 @@ class SkipCorruptImages:
 
   def __repr__(self):
     return repr(self.source)
+
+
+# PASCAL VOC 2007 for classification: the VOC07 SVM benchmarks (jssl/evaluate/svm_voc.py) and the feature tools
+VOC_CLASSES = ('aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow',
+               'diningtable', 'dog', 'horse', 'motorbike', 'person', 'pottedplant', 'sheep', 'sofa', 'train',
+               'tvmonitor')
+VOC_SPLITS = ('trainval', 'test')
+
+
+def resolve_voc_root(root) -> str:
+  """The VOC2007 directory (the one holding JPEGImages/ and ImageSets/Main/): `root` itself, or root/VOC2007, or
+  root/VOCdevkit/VOC2007."""
+  root = os.fspath(root)
+  for candidate in (root, os.path.join(root, 'VOC2007'), os.path.join(root, 'VOCdevkit', 'VOC2007')):
+    if os.path.isdir(os.path.join(candidate, 'ImageSets', 'Main')):
+      return candidate
+  if not os.path.isdir(root):
+    raise DataNotFoundError(f'data not found: {root} (--voc_root: the VOCdevkit/VOC2007 directory)')
+  raise DataNotFoundError(f'data not found: {os.path.join(root, "ImageSets", "Main")} (--voc_root must be the '
+                          'VOCdevkit/VOC2007 directory, holding JPEGImages/ and ImageSets/Main/)')
+
+
+def read_voc_labels(root, split):
+  """(image ids, labels [N, 20] int8) of a split from ImageSets/Main/<class>_<split>.txt, in the order of the first
+  class's file; labels as VOC writes them: 1 present, -1 absent, 0 present but only as 'difficult' objects."""
+  if split not in VOC_SPLITS:
+    raise ValueError(f"VOC2007 split: unknown '{split}'; valid: {', '.join(VOC_SPLITS)}")
+  ids, columns = None, []
+  for name in VOC_CLASSES:
+    path = os.path.join(root, 'ImageSets', 'Main', f'{name}_{split}.txt')
+    if not os.path.isfile(path):
+      raise DataNotFoundError(f'data not found: {path} (the {name} labels of the VOC2007 {split} split)')
+    entries = {}
+    with open(path) as f:
+      for line_number, line in enumerate(f, start=1):
+        parts = line.split()
+        if not parts:
+          continue
+        if len(parts) != 2 or parts[1] not in ('1', '-1', '0'):
+          raise ValueError(f'{path}:{line_number}: expected "<image id> <1|-1|0>", got {line.rstrip()!r}')
+        entries[parts[0]] = int(parts[1])
+    if ids is None:
+      ids = list(entries)
+    elif set(entries) != set(ids):
+      odd = sorted(set(entries) ^ set(ids))[0]
+      raise ValueError(f'{path}: lists other images than {VOC_CLASSES[0]}_{split}.txt (e.g. {odd})')
+    if not entries:
+      raise ValueError(f'{path}: no entries')
+    if 1 not in entries.values():
+      raise ValueError(f"{path}: class '{name}' has no positive image in the {split} split")
+    columns.append([entries[i] for i in ids])
+  return ids, np.asarray(columns, np.int8).T
+
+
+class VOC2007Source:
+  """PASCAL VOC 2007 for classification: records {'image', 'label': int32 [20] (1 / -1 / 0 = difficult, see
+  `read_voc_labels`), 'index'}; `root` as `resolve_voc_root` takes it."""
+
+  def __init__(self, root, split='trainval'):
+    self.root = resolve_voc_root(root)
+    self.split = split
+    self.ids, self.labels = read_voc_labels(self.root, split)
+    self.paths = [os.path.join(self.root, 'JPEGImages', f'{i}.jpg') for i in self.ids]
+    missing = [p for p in self.paths if not os.path.isfile(p)]
+    if missing:
+      raise DataNotFoundError(f'data not found: {missing[0]} (and {len(missing) - 1} more of the '
+                              f'{len(self.paths)} {split} images)' if len(missing) > 1 else
+                              f'data not found: {missing[0]} (a {split} image)')
+
+  def __len__(self):
+    return len(self.ids)
+
+  def __getitem__(self, index):
+    _check_index(index, len(self))
+    return {'image': _read_image(self.paths[index]), 'label': self.labels[index].astype(np.int32),
+            'index': np.int64(index)}
+
+  def __repr__(self):
+    return f'VOC2007Source({self.root!r}, split={self.split!r}, {len(self)} images)'
 
 
 def _tfds_data_dir(data_dir):

@@ -37,6 +37,7 @@ from jssl.models.backbone import Backbone, select
 from jssl.models.heads import MultiPooling
 from jssl.models.layers import sobel
 from jssl.models.necks import global_avg_pool
+from jssl.pretrained import BACKBONE_JSON, load_config, load_pretrained_backbone
 from jssl.train import sharding
 
 POOLS = ('specified', 'adaptive', 'avg')
@@ -92,10 +93,8 @@ def pretrained_preprocessing(path) -> dict:
   """How the backbone at `path` saw its images: a jssl workdir's config.data mean/std and config.model.with_sobel
   (DeepCluster's Sobel input) and config.model.feature (the MIM methods' 'cls' / 'mean'); ImageNet's mean/std for an
   imported backbone."""
-  from jssl import convert
-  if os.path.isfile(os.path.join(path, 'config.json')) and not os.path.isfile(
-      os.path.join(path, convert.BACKBONE_JSON)):
-    config = convert.load_config(path)
+  if os.path.isfile(os.path.join(path, 'config.json')) and not os.path.isfile(os.path.join(path, BACKBONE_JSON)):
+    config = load_config(path)
     return {'mean': tuple(config.data.get('mean', IMAGENET_MEAN)), 'std': tuple(config.data.get('std', IMAGENET_STD)),
             'with_sobel': bool(config.model.get('with_sobel', False)), 'feature': config.model.get('feature', None)}
   return {'mean': IMAGENET_MEAN, 'std': IMAGENET_STD, 'with_sobel': False, 'feature': None}
@@ -141,10 +140,9 @@ def extract_pretrained(pretrained, sources, transform, stages=None, pool=None, b
   `pretrained`: a jssl workdir or an imported backbone directory (python -m jssl.convert), or a (name, kwargs,
   variables) tuple; `preprocessing` overrides the {'mean', 'std', 'with_sobel', 'feature'} read from the path.
   `transform` maps a record to its eval image (transforms.ResizeCenterCrop / ResizeSquash)."""
-  from jssl import convert
   if isinstance(pretrained, (str, os.PathLike)):
     pre = pretrained_preprocessing(os.fspath(pretrained))
-    name, kwargs, variables = convert.load_pretrained_backbone(os.fspath(pretrained), step)
+    name, kwargs, variables = load_pretrained_backbone(os.fspath(pretrained), step)
   else:
     pre = {'mean': IMAGENET_MEAN, 'std': IMAGENET_STD, 'with_sobel': False, 'feature': None}
     name, kwargs, variables = pretrained

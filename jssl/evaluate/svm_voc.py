@@ -31,90 +31,11 @@ import warnings
 
 import numpy as np
 
-VOC_CLASSES = ('aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow',
-               'diningtable', 'dog', 'horse', 'motorbike', 'person', 'pottedplant', 'sheep', 'sofa', 'train',
-               'tvmonitor')
-SPLITS = ('trainval', 'test')
+from jssl.data.sources import VOC_CLASSES, VOC_SPLITS, DataNotFoundError, VOC2007Source
+
 COSTS = (1.0, 10.0, 100.0)
 K_VALUES = (1, 2, 4, 8, 16, 32, 64, 96)
 MAX_ITER = 2000
-
-
-# --- data ---------------------------------------------------------------------------------------------------------
-def resolve_voc_root(root) -> str:
-  """The VOC2007 directory (the one holding JPEGImages/ and ImageSets/Main/): `root` itself, or root/VOC2007, or
-  root/VOCdevkit/VOC2007."""
-  from jssl.data.sources import DataNotFoundError
-  root = os.fspath(root)
-  for candidate in (root, os.path.join(root, 'VOC2007'), os.path.join(root, 'VOCdevkit', 'VOC2007')):
-    if os.path.isdir(os.path.join(candidate, 'ImageSets', 'Main')):
-      return candidate
-  if not os.path.isdir(root):
-    raise DataNotFoundError(f'data not found: {root} (--voc_root: the VOCdevkit/VOC2007 directory)')
-  raise DataNotFoundError(f'data not found: {os.path.join(root, "ImageSets", "Main")} (--voc_root must be the '
-                          'VOCdevkit/VOC2007 directory, holding JPEGImages/ and ImageSets/Main/)')
-
-
-def read_voc_labels(root, split):
-  """(image ids, labels [N, 20] int8) of a split from ImageSets/Main/<class>_<split>.txt, in the order of the first
-  class's file; labels as VOC writes them: 1 present, -1 absent, 0 present but only as 'difficult' objects."""
-  from jssl.data.sources import DataNotFoundError
-  if split not in SPLITS:
-    raise ValueError(f"VOC2007 split: unknown '{split}'; valid: {', '.join(SPLITS)}")
-  ids, columns = None, []
-  for name in VOC_CLASSES:
-    path = os.path.join(root, 'ImageSets', 'Main', f'{name}_{split}.txt')
-    if not os.path.isfile(path):
-      raise DataNotFoundError(f'data not found: {path} (the {name} labels of the VOC2007 {split} split)')
-    entries = {}
-    with open(path) as f:
-      for line_number, line in enumerate(f, start=1):
-        parts = line.split()
-        if not parts:
-          continue
-        if len(parts) != 2 or parts[1] not in ('1', '-1', '0'):
-          raise ValueError(f'{path}:{line_number}: expected "<image id> <1|-1|0>", got {line.rstrip()!r}')
-        entries[parts[0]] = int(parts[1])
-    if ids is None:
-      ids = list(entries)
-    elif set(entries) != set(ids):
-      odd = sorted(set(entries) ^ set(ids))[0]
-      raise ValueError(f'{path}: lists other images than {VOC_CLASSES[0]}_{split}.txt (e.g. {odd})')
-    if not entries:
-      raise ValueError(f'{path}: no entries')
-    if 1 not in entries.values():
-      raise ValueError(f"{path}: class '{name}' has no positive image in the {split} split")
-    columns.append([entries[i] for i in ids])
-  return ids, np.asarray(columns, np.int8).T
-
-
-class VOC2007Source:
-  """PASCAL VOC 2007 for classification: records {'image', 'label': int32 [20] (1 / -1 / 0 = difficult, see
-  `read_voc_labels`), 'index'}; `root` as `resolve_voc_root` takes it."""
-
-  def __init__(self, root, split='trainval'):
-    from jssl.data.sources import DataNotFoundError
-    self.root = resolve_voc_root(root)
-    self.split = split
-    self.ids, self.labels = read_voc_labels(self.root, split)
-    self.paths = [os.path.join(self.root, 'JPEGImages', f'{i}.jpg') for i in self.ids]
-    missing = [p for p in self.paths if not os.path.isfile(p)]
-    if missing:
-      raise DataNotFoundError(f'data not found: {missing[0]} (and {len(missing) - 1} more of the '
-                              f'{len(self.paths)} {split} images)' if len(missing) > 1 else
-                              f'data not found: {missing[0]} (a {split} image)')
-
-  def __len__(self):
-    return len(self.ids)
-
-  def __getitem__(self, index):
-    from jssl.data.sources import _check_index, _read_image
-    _check_index(index, len(self))
-    return {'image': _read_image(self.paths[index]), 'label': self.labels[index].astype(np.int32),
-            'index': np.int64(index)}
-
-  def __repr__(self):
-    return f'VOC2007Source({self.root!r}, split={self.split!r}, {len(self)} images)'
 
 
 # --- SVMs ---------------------------------------------------------------------------------------------------------
@@ -260,7 +181,6 @@ def load_features_dir(path, stages=''):
   """({split: {stage: [N, D]}}, {split: labels}, stages) from the files python -m jssl.tools.extract_features
   --data.name=voc2007 writes: <split>_<stage>.npy, <split>_labels.npy and meta.json (whose stages `stages` '' means)."""
   import json
-  from jssl.data.sources import DataNotFoundError
   meta_path = os.path.join(path, 'meta.json')
   if not os.path.isfile(meta_path):
     raise DataNotFoundError(f'data not found: {meta_path} (--features_dir: the --out of python -m '
@@ -272,7 +192,7 @@ def load_features_dir(path, stages=''):
                      '--data.name=voc2007')
   stages = tuple(s for s in stages.split(',') if s) if stages else tuple(meta['stages'])
   features, labels = {}, {}
-  for split in SPLITS:
+  for split in VOC_SPLITS:
     features[split] = {}
     for name in [f'{split}_{stage}' for stage in stages] + [f'{split}_labels']:
       file = os.path.join(path, f'{name}.npy')
@@ -314,12 +234,11 @@ def main(argv):
   if FLAGS.pretrained and not FLAGS.voc_root:
     fail('--voc_root is required with --pretrained (the VOCdevkit/VOC2007 directory)')
   from jssl.convert.errors import ConversionError
-  from jssl.data.sources import DataNotFoundError
   try:
     costs = eval_flags.parse_floats(FLAGS.costs, '--costs')
     k_values = eval_flags.parse_ints(FLAGS.k_values, '--k_values') if FLAGS.low_shot else ()
     if FLAGS.pretrained:
-      sources = {split: VOC2007Source(FLAGS.voc_root, split) for split in SPLITS}
+      sources = {split: VOC2007Source(FLAGS.voc_root, split) for split in VOC_SPLITS}
       features, labels, stages = eval_flags.extract(FLAGS.pretrained, sources)
     else:
       features, labels, stages = load_features_dir(FLAGS.features_dir, FLAGS.stages)

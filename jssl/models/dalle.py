@@ -13,12 +13,15 @@ output, each {'kernel' HWIO, 'bias'}. `load_tokenizer` reads them from the mmsel
 needed) or the .npz written by `python -m jssl.convert.dalle IN.pth OUT.npz` (no torch).
 """
 import os
+import re
 
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jssl.convert.errors import ConversionError
 
 GROUPS = 4  # the reference's structure is fixed: widths 1, 2, 4, 8 x n_hid
 WEIGHTS_URL = 'https://download.openmmlab.com/mmselfsup/1.x/target_generator_ckpt/dalle_encoder.pth'
@@ -122,15 +125,61 @@ def load_tokenizer(path, field='config.model.tokenizer_path'):
   if path.endswith('.npz'):
     params = load_npz(path)
   else:
-    from jssl.convert import dalle as dalle_convert
-    params = dalle_convert.from_torch_file(path)
+    params = from_torch_file(path)
   check_params(params, path)
   return params
 
 
+_PATTERNS = [
+    (re.compile(r'blocks\.input\.([wb])'), lambda m: 'input'),
+    (re.compile(r'blocks\.group_(\d+)\.block_(\d+)\.id_path\.([wb])'), lambda m: f'group_{m[1]}_block_{m[2]}/id_path'),
+    (re.compile(r'blocks\.group_(\d+)\.block_(\d+)\.res_path\.conv_(\d+)\.([wb])'),
+     lambda m: f'group_{m[1]}_block_{m[2]}/conv_{m[3]}'),
+    (re.compile(r'blocks\.output\.conv\.([wb])'), lambda m: 'output'),
+]
+
+
+def from_torch_state(state_dict, path='state dict'):
+  """{torch name: array} -> the jssl params tree (numpy); every key must map:
+
+    torch (under an optional 'state_dict' and any prefix)      jssl
+    blocks.input.{w,b}                                         input/{kernel,bias}
+    blocks.group_{g}.block_{i}.id_path.{w,b}                   group_{g}_block_{i}/id_path/{kernel,bias}
+    blocks.group_{g}.block_{i}.res_path.conv_{j}.{w,b}         group_{g}_block_{i}/conv_{j}/{kernel,bias}
+    blocks.output.conv.{w,b}                                   output/{kernel,bias}
+  Kernels go from OIHW to HWIO."""
+  params, unexpected = {}, []
+  for key, value in state_dict.items():
+    name = key[key.find('blocks.'):] if 'blocks.' in key else key
+    for pattern, module_of in _PATTERNS:
+      m = pattern.fullmatch(name)
+      if m:
+        value = np.asarray(value, np.float32)
+        leaf = 'kernel' if name.endswith('.w') else 'bias'
+        node = params
+        for part in module_of(m).split('/'):
+          node = node.setdefault(part, {})
+        node[leaf] = value.transpose(2, 3, 1, 0) if leaf == 'kernel' else value
+        break
+    else:
+      unexpected.append(key)
+  if unexpected:
+    raise ConversionError(f'{path}: not a DALL-E encoder state dict: unexpected keys: {", ".join(unexpected)}')
+  return params
+
+
+def from_torch_file(path):
+  """The params of a torch .pth/.pt file (torch needed)."""
+  from jssl.convert.io import read_checkpoint
+  content = read_checkpoint(path)
+  state_dict = content.get('state_dict', content) if isinstance(content, dict) else content
+  if not isinstance(state_dict, dict):
+    raise ConversionError(f'{path}: expected a state dict (a mapping of tensors), got {type(state_dict).__name__}')
+  return from_torch_state(state_dict, path)
+
+
 def check_params(params, path):
   """The params must be exactly those of `encoder_for(params)`: names and shapes."""
-  from jssl.convert.errors import ConversionError
   if 'input' not in params or 'output' not in params:
     raise ConversionError(f'{path}: not a DALL-E encoder (no input/output convs; has {", ".join(sorted(params))})')
   model = encoder_for(params)

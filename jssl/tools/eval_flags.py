@@ -84,10 +84,9 @@ def build_sources(splits):
   from jssl.data import sources
   data = FLAGS.data
   if data.name == 'voc2007':
-    from jssl.evaluate.svm_voc import VOC2007Source
     if not data.root:
       raise ValueError('--data.root is required for --data.name=voc2007 (the VOCdevkit/VOC2007 directory)')
-    return {split: VOC2007Source(data.root, split) for split in splits}
+    return {split: sources.VOC2007Source(data.root, split) for split in splits}
   if data.name not in DATA_NAMES:
     raise ValueError(f"data.name: unknown '{data.name}'; valid: {', '.join(DATA_NAMES)}")
   return {split: sources.build_source(data, split, cfg_path='data') for split in splits}

@@ -18,23 +18,23 @@ PROG = 'jssl.tools.extract_backbone'
 
 def extract_backbone(src: str, dst: str, step: int | None = None) -> tuple[str, dict]:
   """Writes SRC's backbone to the directory `dst`; returns (backbone name, kwargs)."""
-  from jssl import convert
+  from jssl import pretrained
+  from jssl.convert.errors import ConversionError
   dst_abs = os.path.abspath(dst)
   if os.path.exists(dst_abs) and (not os.path.isdir(dst_abs) or os.listdir(dst_abs)):  # before reading SRC
-    raise convert.ConversionError(f'{dst}: already exists and is not an empty directory')
+    raise ConversionError(f'{dst}: already exists and is not an empty directory')
   source = {'extracted_from': os.path.abspath(src)}
   if os.path.isdir(src):
     if not os.path.isfile(os.path.join(src, 'config.json')):
-      raise convert.ConversionError(f'{src}: not a jssl workdir (no config.json)')
-    name, kwargs = convert.pretrained_arch(src)
-    _, state, step = convert.load_workdir(src, step)
+      raise ConversionError(f'{src}: not a jssl workdir (no config.json)')
+    name, kwargs = pretrained.pretrained_arch(src)
+    _, variables, step = pretrained.load_workdir_backbone(src, step)
     source['step'] = int(step)
-    variables = convert.backbone_variables(state)
   elif step is not None:
-    raise convert.ConversionError(f'--step is for a workdir; {src} holds one step')
+    raise ConversionError(f'--step is for a workdir; {src} holds one step')
   else:
-    name, kwargs, variables = convert.load_pretrained_backbone(src)
-  convert.save_imported_backbone(dst, name, kwargs, variables, source)
+    name, kwargs, variables = pretrained.load_pretrained_backbone(src)
+  pretrained.save_imported_backbone(dst, name, kwargs, variables, source)
   return name, kwargs
 
 

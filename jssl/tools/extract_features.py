@@ -43,7 +43,7 @@ def main(argv):
   import jax
   from jssl.convert.errors import ConversionError
   from jssl.data.sources import DataNotFoundError
-  from jssl.convert import pretrained_arch
+  from jssl.pretrained import pretrained_arch
   splits = FLAGS.splits or ('trainval,test' if FLAGS.data.name == 'voc2007' else 'train,val')
   splits = [s for s in splits.split(',') if s]
   try:

@@ -147,8 +147,8 @@ def main(argv):
   import numpy as np
   from PIL import Image
   from jssl import checkpoint
-  from jssl.convert import load_config
   from jssl.convert.errors import ConversionError
+  from jssl.pretrained import load_config
   from jssl.train.loop import Trainer
   try:
     config = load_config(FLAGS.workdir)

@@ -109,26 +109,12 @@ def from_config(config, num_records=IMAGENET_TRAIN_RECORDS):
 
 
 def from_workdir(workdir: str, step=None):
-  """(config, modules, method_state, step) from the shapes a workdir's checkpoint records (nothing is read)."""
-  import orbax.checkpoint as ocp
-  from absl import logging
-  from jssl.convert import load_config
-  from jssl.convert.errors import ConversionError
-  config = load_config(workdir)
-  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
-  steps = sorted(int(s) for s in os.listdir(directory) if s.isdigit()) if os.path.isdir(directory) else []
-  if not steps:
-    raise ConversionError(f'{workdir}: no checkpoint under {directory}')
-  step = steps[-1] if step is None else step
-  if step not in steps:
-    raise ConversionError(f'{workdir}: no checkpoint for step {step}; available: {", ".join(map(str, steps))}')
-  verbosity = logging.get_verbosity()
-  logging.set_verbosity(logging.ERROR)  # orbax warns that the step's own metadata file is not in 'state/'
-  try:
-    with ocp.StandardCheckpointer() as checkpointer:
-      tree = checkpointer.metadata(os.path.join(directory, str(step), 'state')).item_metadata.tree
-  finally:
-    logging.set_verbosity(verbosity)
+  """(config, modules, method_state, step) from the shapes a workdir's checkpoint records (no array is read): of
+  `step`, or else of the latest step whose metadata reads back."""
+  from jssl import checkpoint, pretrained
+  config = pretrained.load_config(workdir)
+  pretrained.check_step(workdir, step)
+  tree, step = checkpoint.saved_shapes(workdir, step)
   state = sizes({k: tree.get(k) or {} for k in ('params', 'model_state', 'method_state')})
   return config, by_module(state['params'], state['model_state']), state['method_state'], step
 
@@ -147,12 +133,12 @@ def from_published(path: str):
 def count(spec: str, step=None, num_records=IMAGENET_TRAIN_RECORDS):
   """(title, modules, method_state, frozen_names) of a config spec ('configs/mae.py:vit_l'), a workdir, an
   imported backbone directory or a published file."""
-  from jssl import convert
+  from jssl import pretrained
   from jssl.config import ConfigError, load_config_file
   method_state = {}
-  if os.path.isdir(spec) and os.path.isfile(os.path.join(spec, convert.BACKBONE_JSON)):
-    name, kwargs = convert.pretrained_arch(spec)
-    modules = {'backbone': sizes(convert.backbone_template(name, kwargs))}
+  if os.path.isdir(spec) and os.path.isfile(os.path.join(spec, pretrained.BACKBONE_JSON)):
+    name, kwargs = pretrained.pretrained_arch(spec)
+    modules = {'backbone': sizes(pretrained.backbone_template(name, kwargs))}
     return f'{spec}: imported backbone {name} {kwargs}', modules, method_state, ()
   if os.path.isdir(spec):
     config, modules, method_state, step = from_workdir(spec, step)

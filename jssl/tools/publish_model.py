@@ -6,7 +6,7 @@ targets, queues, memory banks, RNG, data position), named OUT-<first 8 hex digit
   python -m jssl.tools.publish_model runs/mae published/mae_vitb --whole_model --step=1000
 
 jssl reads it back directly: `--config.init.backbone=published/simclr_r50-1a2b3c4d.safetensors`,
-`jssl.convert.load_pretrained_backbone(path)`, or `jssl.convert.published.read_published(path)` for the config and
+`jssl.pretrained.load_pretrained_backbone(path)`, or `jssl.convert.published.read_published(path)` for the config and
 every module (the layout is in jssl/convert/published.py). For PyTorch (torchvision / timm / mmpretrain /
 detectron2 names) use `python -m jssl.convert WORKDIR FILE --format=...` instead.
 """
@@ -32,8 +32,8 @@ def module_variables(state, name: str) -> dict:
 
 def publish(workdir: str, out: str, step: int | None = None, whole_model: bool = False):
   """Writes the published file; returns (its path, the checkpoint step, the modules written)."""
-  from jssl.convert import load_workdir
   from jssl.convert.published import write_published
+  from jssl.pretrained import load_workdir
   config, state, step = load_workdir(workdir, step)
   names = ['backbone'] + ([n for n in state.params if n != 'backbone'] if whole_model else [])
   modules = {name: module_variables(state, name) for name in names}

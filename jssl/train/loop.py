@@ -11,7 +11,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from jssl import checkpoint, optim
+from jssl import checkpoint, optim, pretrained
 from jssl.config import ConfigError
 from jssl.data import augment, loader, sources, transforms
 from jssl.evaluate import knn
@@ -45,19 +45,6 @@ def example_batch(config):
   """Global uint8 view shapes the train step sees."""
   return {'views': tuple(jax.ShapeDtypeStruct((config.batch_size, size, size, 3), jnp.uint8)
                          for size in transforms.view_sizes(config.data.views))}
-
-
-def resolve_pretrained_backbone(config):
-  """An evaluator config may leave config.backbone.name empty: the architecture is then the one of
-  config.init.backbone (a jssl workdir or an imported backbone), its kwargs updated by config.backbone.kwargs
-  (e.g. a fine-tune's drop_path_rate). Written into the config, so the workdir's config.json records it."""
-  if config.backbone.name or not config.init.get('backbone'):
-    return
-  from jssl import convert
-  name, kwargs = convert.pretrained_arch(config.init.backbone)
-  with config.unlocked():
-    config.backbone.name = name
-    config.backbone.kwargs = {**kwargs, **config.backbone.get('kwargs', {}).to_dict()}
 
 
 def make_train_step(method, tx, augment_fns):
@@ -97,7 +84,7 @@ class Trainer:
     `devices` restricts the mesh to a subset of jax.devices(). Where data is read, everything the run will read
     and every batch size is checked here, before any compile (`check_inputs`); `mode`: 'train' (a training run,
     with the evaluations its config asks for) or 'eval' (evaluation of a checkpoint only)."""
-    resolve_pretrained_backbone(config)
+    pretrained.resolve_pretrained_backbone(config)
     self.config = config
     self.workdir = workdir
     reads_data = num_records is None
@@ -152,28 +139,11 @@ class Trainer:
                           f'{len(self.train_source) // devices * devices}')
       if c.init.get('backbone') and not c.init.get('random_init', False) and \
           (self.workdir is None or not workdir_files.checkpoint_steps(self.workdir)):  # a fresh run starts from it
-        self.check_pretrained_backbone(c.init.backbone)
+        pretrained.check_pretrained(c, c.init.backbone)
     if evaluates or hasattr(self.method, 'on_epoch'):  # the clustering methods extract features every epoch
       _check_divisible('config.eval.batch_size', c.eval.batch_size, devices)
     if evaluates:
       self.val_source = sources.build_source(c.data, 'val')
-
-  def check_pretrained_backbone(self, path):
-    """config.init.backbone reads back as far as its metadata (architecture; a workdir's checkpoints) tell."""
-    from jssl import convert
-    try:
-      name, _ = convert.pretrained_arch(path)
-      if os.path.isdir(path) and not os.path.isfile(os.path.join(path, convert.BACKBONE_JSON)) and \
-          not workdir_files.checkpoint_steps(path):
-        raise convert.ConversionError(f'{path}: a jssl workdir without checkpoints (its run has not saved one)')
-    except convert.ConversionError as e:
-      raise convert.ConversionError(f'config.init.backbone: {e}') from None
-    self._check_backbone_name(name, path)
-
-  def _check_backbone_name(self, name, path):
-    if name != self.config.backbone.name:
-      raise ValueError(f"config.init.backbone: {path} holds a '{name}' backbone but config.backbone.name is "
-                       f"'{self.config.backbone.name}'; valid: {name}")
 
   def source(self, split):
     """The 'train' or 'val' source, built once (by __init__ where the run reads data)."""
@@ -232,20 +202,6 @@ class Trainer:
       print(f'epoch {epoch}: {summary} ({time.time() - t0:.1f} s)', flush=True)
     return state, iter(self.make_loader(epoch, state.method_state))
 
-  def load_backbone(self, state, path):
-    """`state` with its backbone replaced by a pretrained one (config.init.backbone: a jssl workdir or an
-    imported backbone directory)."""
-    from jssl import convert
-    name, kwargs, variables = convert.load_pretrained_backbone(path)
-    self._check_backbone_name(name, path)
-    if self.config.init.get('strict', True):
-      print(f'backbone initialized from {path}', flush=True)
-      return convert.replace_backbone(state, variables)
-    state, missing, unused = convert.merge_backbone(state, variables)
-    print(f'backbone initialized from {path}; not in it (fresh init): {", ".join(missing) or "none"}; '
-          f'in it, unused: {", ".join(unused) or "none"}', flush=True)
-    return state
-
   # --- evaluation -------------------------------------------------------------------------------------------
   def knn_features(self, state):
     """images -> what kNN reads under `state` (see `knn_extract_fn`)."""
@@ -281,8 +237,7 @@ class Trainer:
   def knn_variables(self, state):
     if self.config.eval.get('feature_stage', -1) < 0:
       return (state.params, state.model_state)
-    from jssl.convert import backbone_subtree
-    return backbone_subtree(state)
+    return pretrained.backbone_subtree(state)
 
   def evaluate_knn(self, state, k=None):
     """Weighted kNN top-1/top-5 of the backbone's features, train split as memory, val split as queries
@@ -421,7 +376,7 @@ class Trainer:
     else:
       state = self.init_state(jax.random.PRNGKey(config.seed))
       if config.init.get('backbone') and not config.init.get('random_init', False):
-        state = self.load_backbone(state, config.init.backbone)
+        state = pretrained.load_backbone(config, state, config.init.backbone)
     if is_main:  # once the start is accepted: a refused or failed one leaves the run's config.json as it was
       workdir_files.write_config(workdir, config, int(state.step))
     writer = _summary_writer(workdir) if is_main else None

@@ -13,12 +13,12 @@ import torchvision
 
 from jssl import checkpoint
 from jssl.config import load_config_file
-from jssl.convert import (backbone_variables, import_backbone, load_imported_backbone, load_workdir,
-                          replace_backbone)
+from jssl.convert import import_backbone
 from jssl.convert.__main__ import main as convert_main
 from jssl.convert.errors import ConversionError
 from jssl.methods.base import build_method
 from jssl.models import build_backbone
+from jssl.pretrained import backbone_variables, load_imported_backbone, load_workdir, replace_backbone
 from jssl.train.loop import Trainer
 from tests.conftest import run_cli, run_python
 
@@ -394,9 +394,11 @@ def test_destination_and_flags_fail_before_anything_is_loaded(small_workdir, res
   """A destination whose folder does not exist, a directory where the export's file goes, a non-empty import
   directory: one line, exit 2, before the workdir's checkpoint or the file is read."""
   import jssl.convert
+  import jssl.pretrained
   def too_late(*args, **kwargs):
     raise AssertionError('the checkpoint was loaded before the destination was checked')
-  monkeypatch.setattr(jssl.convert, 'load_workdir', too_late)
+  monkeypatch.setattr(jssl.pretrained, 'load_workdir', too_late)
+  monkeypatch.setattr(jssl.pretrained, 'load_workdir_backbone', too_late)
   monkeypatch.setattr(jssl.convert.io, 'read_checkpoint', too_late)
   (tmp_path / 'a_dir').mkdir()
   (tmp_path / 'full').mkdir()

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jssl import convert
+from jssl import pretrained
 from jssl.config import IMAGENET_MEAN, IMAGENET_STD
 from jssl.data.transforms import ResizeCenterCrop
 from jssl.evaluate import features, knn
@@ -31,7 +31,7 @@ class ListSource:
 
 
 def random_variables(name, kwargs, seed=0):
-  template = convert.backbone_template(name, kwargs)
+  template = pretrained.backbone_template(name, kwargs)
   rng = np.random.default_rng(seed)
   variables = jax.tree.map(lambda s: (rng.normal(size=s.shape) * 0.2).astype(np.float32), template)
   if 'batch_stats' in template:
@@ -74,7 +74,7 @@ def test_resnet_stages_pool_as_torch_at_224():
 
 def test_resnet50_feature_dims_at_224():
   """The ~9k dimensions per stage of MMSelfSup's MultiExtractProcess for ResNet-50 (shapes only)."""
-  template = convert.backbone_template('resnet50')
+  template = pretrained.backbone_template('resnet50')
   for pool, dims in (('specified', [9216, 9216, 8192, 9216, 8192]), ('avg', [64, 256, 512, 1024, 2048])):
     stages, extractor = features.stage_extractor('resnet50', {}, 'all', pool)
     assert list(features.feature_dims(extractor, template, (224, 224, 3)).values()) == dims
@@ -154,7 +154,7 @@ def test_workdir_preprocessing_and_sobel(tmp_path):
 def test_imported_backbone_path(tmp_path):
   kwargs = {'num_filters': 8}
   variables = random_variables('resnet18', kwargs)
-  convert.save_imported_backbone(str(tmp_path / 'r18'), 'resnet18', kwargs, variables)
+  pretrained.save_imported_backbone(str(tmp_path / 'r18'), 'resnet18', kwargs, variables)
   images = np.random.default_rng(5).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
   args = ({'x': ListSource(images)}, ResizeCenterCrop(32, 32), 'feat4', 'adaptive')
   from_path = features.extract_pretrained(str(tmp_path / 'r18'), *args, batch_size=2)[0]

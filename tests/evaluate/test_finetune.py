@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jssl import convert
+from jssl import pretrained
 from jssl.config import load_config_file
 from tests.conftest import run_python
 
@@ -17,10 +17,10 @@ SHORT = ['--config.total_steps=6', '--config.log_every=3', '--config.checkpoint.
 
 
 def imported_vit(path):
-  template = convert.backbone_template('vit_tiny', VIT)
+  template = pretrained.backbone_template('vit_tiny', VIT)
   rng = np.random.default_rng(0)
   variables = jax.tree.map(lambda s: (rng.normal(size=s.shape) * 0.05).astype(np.float32), template)
-  convert.save_imported_backbone(str(path), 'vit_tiny', VIT, variables)
+  pretrained.save_imported_backbone(str(path), 'vit_tiny', VIT, variables)
   return variables
 
 
@@ -69,7 +69,7 @@ def test_finetune_from_an_imported_vit(tmp_path):
   config = json.loads((work / 'config.json').read_text())
   assert config['backbone']['name'] == 'vit_tiny' and config['backbone']['kwargs']['use_fc_norm']
 
-  _, state, _ = convert.load_workdir(str(work))
+  _, state, _ = pretrained.load_workdir(str(work))
   moved = lambda name: float(np.abs(np.asarray(state.params['backbone'][name]['attn']['qkv']['kernel'])
                                     - variables['params'][name]['attn']['qkv']['kernel']).mean())
   assert 0 < moved('blocks_0') and 0 < moved('blocks_1')
@@ -124,7 +124,7 @@ def test_relative_position_bias_table_resize():
   """Window 6 -> 7 (SimMIM's 192 -> 224 px fine-tune): offsets the two grids share (0, +-1 on the geometric
   progression) keep their values, and a bicubic polynomial of the warped offsets is reproduced exactly everywhere,
   which pins down the offset mapping (a bicubic spline reproduces cubics)."""
-  from jssl.convert import resize_relative_position_bias_table
+  from jssl.pretrained import resize_relative_position_bias_table
   src, dst = 11, 13
   half = src // 2
   # the progression's ratio: 1 + q + ... + q^(half-1) = dst // 2, as in mmpretrain / BEiT
@@ -149,16 +149,16 @@ def test_merge_backbone_resizes_relative_position_tables_of_another_window():
   kwargs = dict(img_size=48, patch_size=4, embed_dim=16, depths=(2, 2), num_heads=(2, 2), out_indices=(1,))
   rng = np.random.default_rng(0)
   random = lambda tree: jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), tree)
-  pretrained = random(convert.backbone_template('swin_tiny', {**kwargs, 'window_size': 3}))
-  target = random(convert.backbone_template('swin_tiny', {**kwargs, 'window_size': 6}))
+  saved = random(pretrained.backbone_template('swin_tiny', {**kwargs, 'window_size': 3}))
+  target = random(pretrained.backbone_template('swin_tiny', {**kwargs, 'window_size': 6}))
   state = TrainState(step=0, params={'backbone': target['params']}, opt_state=None, model_state={}, method_state={},
                      rng=None)
-  state, missing, unused = convert.merge_backbone(state, pretrained)
+  state, missing, unused = pretrained.merge_backbone(state, saved)
   assert missing == [] and unused == []
   got = state.params['backbone']['layers_0']['blocks_0']['attn']['relative_position_bias_table']
-  source = pretrained['params']['layers_0']['blocks_0']['attn']['relative_position_bias_table']
+  source = saved['params']['layers_0']['blocks_0']['attn']['relative_position_bias_table']
   assert got.shape == (121, 2) and source.shape == (25, 2)
   np.testing.assert_allclose(np.asarray(got),
-                             convert.resize_relative_position_bias_table(source, 11), rtol=1e-6)
+                             pretrained.resize_relative_position_bias_table(source, 11), rtol=1e-6)
   np.testing.assert_array_equal(np.asarray(state.params['backbone']['patch_embed']['proj']['kernel']),
-                                pretrained['params']['patch_embed']['proj']['kernel'])
+                                saved['params']['patch_embed']['proj']['kernel'])

@@ -36,12 +36,12 @@ SHORT = ['--config.total_steps=6', '--config.log_every=3', '--config.checkpoint.
 
 def imported_resnet(path, seed=0):
   """A small random ResNet-18 written as an imported backbone (what `python -m jssl.convert` makes)."""
-  from jssl import convert
-  template = convert.backbone_template('resnet18', {'num_filters': 8})
+  from jssl import pretrained
+  template = pretrained.backbone_template('resnet18', {'num_filters': 8})
   rng = np.random.default_rng(seed)
   variables = jax.tree.map(lambda s: (rng.normal(size=s.shape) * 0.1).astype(np.float32), template)
   variables['batch_stats'] = jax.tree.map(np.abs, variables['batch_stats'])  # variances must be positive
-  convert.save_imported_backbone(str(path), 'resnet18', {'num_filters': 8}, variables)
+  pretrained.save_imported_backbone(str(path), 'resnet18', {'num_filters': 8}, variables)
   return variables
 
 
@@ -62,8 +62,8 @@ def test_linear_probe_from_an_imported_backbone(tmp_path, head):
   assert all(0 <= r['top1'] <= r['top5'] <= 100 for r in results['val'].values())
   assert json.loads((work / 'config.json').read_text())['backbone']['name'] == 'resnet18'
 
-  from jssl import convert
-  _, state, step = convert.load_workdir(str(work))
+  from jssl import pretrained
+  _, state, step = pretrained.load_workdir(str(work))
   assert step == 6
   for a, b in zip(jax.tree.leaves(state.params['backbone']), jax.tree.leaves(variables['params'])):
     np.testing.assert_array_equal(a, b)  # frozen: only the head trained

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from jssl.data import sources
 from jssl.data.sources import DataNotFoundError
 from jssl.evaluate import svm_voc
 from tests.conftest import run_python
 
-NUM_CLASSES = len(svm_voc.VOC_CLASSES)
+NUM_CLASSES = len(sources.VOC_CLASSES)
 
 
 def voc_labels(n, offset):
@@ -44,7 +45,7 @@ def write_voc(root, sizes=(('trainval', 60), ('test', 40)), image_size=24):
       box = (3, 3, image_size - 4, image_size - 4)
       (draw.ellipse if c % 2 else draw.rectangle)(box, fill=colour)
       image.save(os.path.join(voc, 'JPEGImages', f'{image_id}.jpg'))
-    for c, name in enumerate(svm_voc.VOC_CLASSES):
+    for c, name in enumerate(sources.VOC_CLASSES):
       with open(os.path.join(voc, 'ImageSets', 'Main', f'{name}_{split}.txt'), 'w') as f:
         f.writelines(f'{image_id} {int(label):2d}\n' for image_id, label in zip(ids, labels[:, c]))
     written[split] = (ids, labels)
@@ -55,7 +56,7 @@ def write_voc(root, sizes=(('trainval', 60), ('test', 40)), image_size=24):
 def test_voc_reader(tmp_path):
   written = write_voc(tmp_path, image_size=20)
   for root in (tmp_path, tmp_path / 'VOCdevkit', tmp_path / 'VOCdevkit' / 'VOC2007'):
-    source = svm_voc.VOC2007Source(root, 'test')
+    source = sources.VOC2007Source(root, 'test')
     assert source.ids == written['test'][0]
     np.testing.assert_array_equal(source.labels, written['test'][1])
   assert len(source) == 40
@@ -71,29 +72,29 @@ def test_voc_reader_errors(tmp_path):
   voc = tmp_path / 'VOCdevkit' / 'VOC2007'
   main = voc / 'ImageSets' / 'Main'
   with pytest.raises(DataNotFoundError, match=r'aeroplane_test.txt \(the aeroplane labels of the VOC2007 test '):
-    svm_voc.VOC2007Source(voc, 'test')  # no test split written
+    sources.VOC2007Source(voc, 'test')  # no test split written
   with pytest.raises(DataNotFoundError, match=r'nowhere \(--voc_root: the VOCdevkit/VOC2007 directory\)'):
-    svm_voc.VOC2007Source(tmp_path / 'nowhere', 'trainval')
+    sources.VOC2007Source(tmp_path / 'nowhere', 'trainval')
   (tmp_path / 'empty').mkdir()
   with pytest.raises(DataNotFoundError, match=r'empty/ImageSets/Main \(--voc_root must be the VOCdevkit/VOC2007'):
-    svm_voc.VOC2007Source(tmp_path / 'empty', 'trainval')
+    sources.VOC2007Source(tmp_path / 'empty', 'trainval')
   os.remove(voc / 'JPEGImages' / '000007.jpg')
   with pytest.raises(DataNotFoundError, match=r'000007\.jpg \(a trainval image\)'):
-    svm_voc.VOC2007Source(voc, 'trainval')
+    sources.VOC2007Source(voc, 'trainval')
   Image.new('RGB', (8, 8)).save(voc / 'JPEGImages' / '000007.jpg')
   sheep = main / 'sheep_trainval.txt'
   sheep.write_text(sheep.read_text().replace(' 1\n', '-1\n'))
   with pytest.raises(ValueError, match="sheep_trainval.txt: class 'sheep' has no positive image"):
-    svm_voc.VOC2007Source(voc, 'trainval')
+    sources.VOC2007Source(voc, 'trainval')
   sheep.write_text('000000 1\n000001 2\n')
   with pytest.raises(ValueError, match=r'sheep_trainval.txt:2: expected'):
-    svm_voc.VOC2007Source(voc, 'trainval')
+    sources.VOC2007Source(voc, 'trainval')
   sheep.write_text('000000 1\n')
   with pytest.raises(ValueError, match='sheep_trainval.txt: lists other images than aeroplane_trainval.txt'):
-    svm_voc.VOC2007Source(voc, 'trainval')
+    sources.VOC2007Source(voc, 'trainval')
   os.remove(main / 'dog_trainval.txt')
   with pytest.raises(DataNotFoundError, match='dog_trainval.txt'):
-    svm_voc.VOC2007Source(voc, 'trainval')
+    sources.VOC2007Source(voc, 'trainval')
 
 
 def envelope_ap(targets, scores):
@@ -205,13 +206,13 @@ def test_cli_end_to_end(tmp_path):
   """A random ResNet-18 (8 filters) on a synthetic VOC tree: the features, 20 classes' SVMs per stage, low-shot k=1;
   then the same benchmark from the files extract_features writes. Errors are one line."""
   import jax
-  from jssl import convert
+  from jssl import pretrained
   write_voc(tmp_path)
-  template = convert.backbone_template('resnet18', {'num_filters': 8})
+  template = pretrained.backbone_template('resnet18', {'num_filters': 8})
   rng = np.random.default_rng(0)
   variables = jax.tree.map(lambda s: (rng.normal(size=s.shape) * 0.1).astype(np.float32), template)
   variables['batch_stats'] = jax.tree.map(lambda s: np.ones(s.shape, np.float32), template['batch_stats'])
-  convert.save_imported_backbone(str(tmp_path / 'r18'), 'resnet18', {'num_filters': 8}, variables)
+  pretrained.save_imported_backbone(str(tmp_path / 'r18'), 'resnet18', {'num_filters': 8}, variables)
   voc = str(tmp_path / 'VOCdevkit' / 'VOC2007')
   common = ['--resize=32', '--size=32', '--pool=adaptive', '--stages=feat2,feat5', '--batch_size=32']
   run_python(['-m', 'jssl.evaluate.svm_voc', f'--pretrained={tmp_path / "r18"}', f'--voc_root={voc}',
@@ -224,7 +225,7 @@ def test_cli_end_to_end(tmp_path):
   run_python(['-m', 'jssl.tools.extract_features', str(tmp_path / 'r18'), '--data.name=voc2007', f'--data.root={voc}',
               f'--out={tmp_path / "features"}'] + common)
   labels = np.load(tmp_path / 'features' / 'test_labels.npy')
-  np.testing.assert_array_equal(labels, svm_voc.VOC2007Source(voc, 'test').labels)
+  np.testing.assert_array_equal(labels, sources.VOC2007Source(voc, 'test').labels)
   proc = run_python(['-m', 'jssl.evaluate.svm_voc', f'--features_dir={tmp_path / "features"}', '--stages=feat2',
                      '--k_values=1', '--num_samples=2', '--workers=1', f'--json={tmp_path / "b.json"}'])
   assert 'feat2 |' in proc.stdout and 'k=1' in proc.stdout

@@ -116,7 +116,7 @@ def torch_cae(c, tokenizer_state):
 def test_parity_with_mmpretrain_cae():
   torch = pytest.importorskip('torch')
   pytest.importorskip('mmpretrain')
-  from jssl.convert import dalle as dalle_convert
+  from jssl.models import dalle
   from tests.parity import assert_grads_close, nhwc_to_torch
   c = tiny_config()
   c.model.base_momentum = 0.5  # the recipe's 0 would make the teacher a copy: 0.5 checks the momentum update too
@@ -138,7 +138,7 @@ def test_parity_with_mmpretrain_cae():
     for name, p in ref_tok.named_parameters():
       if name.endswith('.b'):
         p.normal_(std=0.1)
-  tokenizer = jax.tree.map(jnp.asarray, dalle_convert.from_torch_state(ref_tok.state_dict()))
+  tokenizer = jax.tree.map(jnp.asarray, dalle.from_torch_state(ref_tok.state_dict()))
   method_state = {'target': {'params': {'backbone': teacher}}, 'tokenizer': tokenizer}
 
   model = torch_cae(c, ref_tok.state_dict())

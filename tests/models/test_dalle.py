@@ -28,7 +28,7 @@ def torch_encoder(n_hid=8, n_blk_per_group=1, vocab_size=32, seed=0):
 @pytest.mark.parametrize('n_blk_per_group', [1, 2])
 def test_logits_and_tokens_match_mmpretrain(n_blk_per_group):
   model = torch_encoder(n_blk_per_group=n_blk_per_group)
-  params = dalle_convert.from_torch_state(model.state_dict())
+  params = dalle.from_torch_state(model.state_dict())
   dalle.check_params(params, 'test')
   enc = dalle.encoder_for(params)
   assert (enc.n_hid, enc.n_blk_per_group, enc.vocab_size) == (8, n_blk_per_group, 32)

@@ -5,7 +5,7 @@ import json
 import jax
 import numpy as np
 
-from jssl import convert
+from jssl import pretrained
 from jssl.data.sources import DigitsSource
 from jssl.data.transforms import ResizeCenterCrop
 from jssl.evaluate import features
@@ -13,11 +13,11 @@ from tests.conftest import run_python
 
 
 def imported_resnet(path):
-  template = convert.backbone_template('resnet18', {'num_filters': 8})
+  template = pretrained.backbone_template('resnet18', {'num_filters': 8})
   rng = np.random.default_rng(0)
   variables = jax.tree.map(lambda s: (rng.normal(size=s.shape) * 0.1).astype(np.float32), template)
   variables['batch_stats'] = jax.tree.map(lambda s: np.ones(s.shape, np.float32), template['batch_stats'])
-  convert.save_imported_backbone(str(path), 'resnet18', {'num_filters': 8}, variables)
+  pretrained.save_imported_backbone(str(path), 'resnet18', {'num_filters': 8}, variables)
   return variables
 
 

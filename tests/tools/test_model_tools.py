@@ -13,8 +13,9 @@ import timm
 import torch
 import torchvision
 
-from jssl import convert
+from jssl import pretrained
 from jssl.config import load_config_file
+from jssl.convert import published
 from jssl.convert.errors import ConversionError
 from jssl.tools import extract_backbone, param_count, publish_model
 from tests.conftest import run_cli
@@ -51,7 +52,7 @@ def test_param_count_equals_torchvision_and_timm():
   """resnet18 (torchvision) and vit_small / swin_tiny (timm) without classifier: params = sum(p.numel()), BN
   statistics = the running_mean / running_var buffers; per stage and per block too."""
   resnet = torchvision.models.resnet18()
-  rows = rows_by_name(param_count.module_rows('backbone', param_count.sizes(convert.backbone_template('resnet18'))))
+  rows = rows_by_name(param_count.module_rows('backbone', param_count.sizes(pretrained.backbone_template('resnet18'))))
   assert rows['backbone'] == (torch_params(resnet) - torch_params(resnet.fc), torch_bn_statistics(resnet))
   assert rows['backbone'] == (11_176_512, 9_600)
   for stage in range(1, 5):
@@ -63,7 +64,7 @@ def test_param_count_equals_torchvision_and_timm():
 
   vit = timm.create_model('vit_small_patch16_224', num_classes=0)
   rows = rows_by_name(param_count.module_rows('backbone', param_count.sizes(
-      convert.backbone_template('vit_small', {'patch_size': 16}))))
+      pretrained.backbone_template('vit_small', {'patch_size': 16}))))
   block = torch_params(vit.blocks[0])
   assert block == 12 * 384 ** 2 + 13 * 384  # qkv, proj, 2 MLP layers (4x), 2 LayerNorms, by hand
   assert rows['backbone'] == (torch_params(vit), 0) == (21_665_664, 0)
@@ -71,7 +72,7 @@ def test_param_count_equals_torchvision_and_timm():
   assert rows['pos_embed'] == (197 * 384, 0) and rows['patch_embed'] == (torch_params(vit.patch_embed), 0)
 
   swin = timm.create_model('swin_tiny_patch4_window7_224', num_classes=0)
-  rows = rows_by_name(param_count.module_rows('backbone', param_count.sizes(convert.backbone_template('swin_tiny'))))
+  rows = rows_by_name(param_count.module_rows('backbone', param_count.sizes(pretrained.backbone_template('swin_tiny'))))
   assert rows['backbone'] == (torch_params(swin), 0) == (27_519_354, 0)
   assert {'layers_0', 'layers_1', 'layers_2', 'layers_3'} <= set(rows)  # Swin's 4 stages keep a row each
 
@@ -111,8 +112,8 @@ def test_param_count_of_workdir_published_and_imported_agree(workdir, tmp_path):
   assert code == 0, err
   rows = rows_by_name(json.loads((tmp_path / 'rows.json').read_text())['rows'])
   assert rows['neck'] == (64 * 32 + 32 * 128 + 2 * 32 + 2 * 128, 2 * 32 + 2 * 128)
-  _, state, _ = convert.load_workdir(str(workdir))
-  assert sum(rows['backbone']) == sum(x.size for x in jax.tree.leaves(convert.backbone_variables(state)))
+  _, state, _ = pretrained.load_workdir(str(workdir))
+  assert sum(rows['backbone']) == sum(x.size for x in jax.tree.leaves(pretrained.backbone_variables(state)))
 
   config = load_config_file('configs/simclr.py:demo')
   config.backbone.kwargs.num_filters = 8
@@ -141,7 +142,7 @@ def test_param_count_bad_inputs(tmp_path):
 
 # --- publish_model ----------------------------------------------------------------------------------------------
 def test_publish_round_trip_and_hash(workdir, tmp_path):
-  config, state, _ = convert.load_workdir(str(workdir))
+  config, state, _ = pretrained.load_workdir(str(workdir))
   code, out, err = run_cli(publish_model.main, workdir, tmp_path / 'simclr_r18.safetensors')
   assert code == 0, err
   [name] = os.listdir(tmp_path)
@@ -151,28 +152,28 @@ def test_publish_round_trip_and_hash(workdir, tmp_path):
   assert hashlib.sha256(open(path, 'rb').read()).hexdigest()[:8] == match.group(1)
   assert f'wrote {path}: backbone of {workdir} at step 3' in out
 
-  assert convert.pretrained_arch(path) == ('resnet18', {'num_filters': 8})
-  loaded_name, kwargs, variables = convert.load_pretrained_backbone(path)
+  assert pretrained.pretrained_arch(path) == ('resnet18', {'num_filters': 8})
+  loaded_name, kwargs, variables = pretrained.load_pretrained_backbone(path)
   assert (loaded_name, kwargs) == ('resnet18', {'num_filters': 8})
-  expected = convert.backbone_variables(state)
+  expected = pretrained.backbone_variables(state)
   assert jax.tree.structure(variables) == jax.tree.structure(expected)
   jax.tree.map(np.testing.assert_array_equal, variables, expected)
 
-  published_config, modules = convert.published.read_published(path)
+  published_config, modules = published.read_published(path)
   assert list(modules) == ['backbone'] and published_config.to_dict() == config.to_dict()
 
   # --whole_model: the neck too, nothing training-only; config.init.backbone starts a run from the file
   whole, step, _ = publish_model.publish(str(workdir), str(tmp_path / 'whole'), whole_model=True)
   assert step == 3
-  _, modules = convert.published.read_published(whole)
+  _, modules = published.read_published(whole)
   assert sorted(modules) == ['backbone', 'neck']
   jax.tree.map(np.testing.assert_array_equal, modules['neck'],
                {'params': state.params['neck'], 'batch_stats': state.model_state['batch_stats']['neck']})
   from jssl.train.loop import Trainer
   trainer = Trainer(config, None, num_records=64)
   fresh = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), trainer.abstract_state)
-  started = trainer.load_backbone(fresh, whole)
-  jax.tree.map(np.testing.assert_array_equal, convert.backbone_variables(started), expected)
+  started = pretrained.load_backbone(config, fresh, whole)
+  jax.tree.map(np.testing.assert_array_equal, pretrained.backbone_variables(started), expected)
 
 
 def test_published_file_damaged_is_one_line(workdir, tmp_path):
@@ -181,7 +182,7 @@ def test_published_file_damaged_is_one_line(workdir, tmp_path):
   truncated = tmp_path / 'truncated.safetensors'  # no hash in the name: the format itself must notice
   truncated.write_bytes(data[:len(data) // 2])
   with pytest.raises(ConversionError, match=f'{truncated}: cannot read'):
-    convert.load_pretrained_backbone(str(truncated))
+    pretrained.load_pretrained_backbone(str(truncated))
   code, _, err = run_cli(extract_backbone.main, truncated, tmp_path / 'dst')
   assert_one_line_error(code, err, 'jssl.tools.extract_backbone', str(truncated), 'truncated')
   assert not (tmp_path / 'dst').exists()
@@ -192,11 +193,11 @@ def test_published_file_damaged_is_one_line(workdir, tmp_path):
   flipped[-3] ^= 0xFF
   open(path, 'wb').write(bytes(flipped))
   with pytest.raises(ConversionError, match=r'sha256 does not start with [0-9a-f]{8} as the name says'):
-    convert.load_pretrained_backbone(path)
+    pretrained.load_pretrained_backbone(path)
 
   torch.save({'conv1.weight': torch.zeros(1)}, tmp_path / 'r18.pth')
   with pytest.raises(ConversionError, match='not a published jssl model.*python -m jssl.convert'):
-    convert.pretrained_arch(str(tmp_path / 'r18.pth'))
+    pretrained.pretrained_arch(str(tmp_path / 'r18.pth'))
   code, _, err = run_cli(publish_model.main, tmp_path / 'nope', tmp_path / 'out')
   assert_one_line_error(code, err, 'jssl.tools.publish_model', 'no config.json')
   code, _, err = run_cli(publish_model.main, workdir, tmp_path / 'missing_dir' / 'out')
@@ -211,15 +212,15 @@ def test_extract_backbone_round_trip(workdir, tmp_path):
   assert sorted(os.listdir(tmp_path / 'r18')) == ['backbone.json', 'variables']
   meta = json.loads((tmp_path / 'r18' / 'backbone.json').read_text())
   assert meta['source'] == {'extracted_from': str(workdir), 'step': 3}
-  name, kwargs, variables = convert.load_imported_backbone(str(tmp_path / 'r18'))
+  name, kwargs, variables = pretrained.load_imported_backbone(str(tmp_path / 'r18'))
   assert (name, kwargs) == ('resnet18', {'num_filters': 8})
-  _, state, _ = convert.load_workdir(str(workdir))
-  jax.tree.map(np.testing.assert_array_equal, variables, convert.backbone_variables(state))
+  _, state, _ = pretrained.load_workdir(str(workdir))
+  jax.tree.map(np.testing.assert_array_equal, variables, pretrained.backbone_variables(state))
 
   # from a published file; a non-empty destination is refused before anything is read
   published, _, _ = publish_model.publish(str(workdir), str(tmp_path / 'pub'))
   assert run_cli(extract_backbone.main, published, tmp_path / 'from_published')[0] == 0
-  jax.tree.map(np.testing.assert_array_equal, convert.load_imported_backbone(str(tmp_path / 'from_published'))[2],
+  jax.tree.map(np.testing.assert_array_equal, pretrained.load_imported_backbone(str(tmp_path / 'from_published'))[2],
                variables)
   code, _, err = run_cli(extract_backbone.main, workdir, tmp_path / 'r18')
   assert_one_line_error(code, err, 'jssl.tools.extract_backbone', 'r18', 'not an empty directory')

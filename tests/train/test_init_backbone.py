@@ -3,7 +3,7 @@ import jax
 import numpy as np
 import pytest
 
-from jssl import convert
+from jssl import pretrained
 from jssl.config import load_config_file
 from jssl.train.loop import Trainer
 
@@ -18,14 +18,14 @@ def small_simclr():
 
 def test_load_backbone_replaces_params_and_bn_stats(tmp_path):
   c = small_simclr()
-  template = convert.backbone_template('resnet18', {'num_filters': 8})
+  template = pretrained.backbone_template('resnet18', {'num_filters': 8})
   rng = np.random.default_rng(0)
   variables = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), template)
-  convert.save_imported_backbone(str(tmp_path / 'r18'), 'resnet18', {'num_filters': 8}, variables)
+  pretrained.save_imported_backbone(str(tmp_path / 'r18'), 'resnet18', {'num_filters': 8}, variables)
   trainer = Trainer(c, None, num_records=64)
   state = trainer.abstract_state
   state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), state)
-  state = trainer.load_backbone(state, str(tmp_path / 'r18'))
+  state = pretrained.load_backbone(c, state, str(tmp_path / 'r18'))
   for a, b in zip(jax.tree.leaves(state.params['backbone']), jax.tree.leaves(variables['params'])):
     np.testing.assert_array_equal(a, b)
   for a, b in zip(jax.tree.leaves(state.model_state['batch_stats']['backbone']),
@@ -35,4 +35,4 @@ def test_load_backbone_replaces_params_and_bn_stats(tmp_path):
 
   c.backbone.name = 'resnet34'
   with pytest.raises(ValueError, match="holds a 'resnet18' backbone but config.backbone.name is 'resnet34'"):
-    Trainer(c, None, num_records=64).load_backbone(state, str(tmp_path / 'r18'))
+    pretrained.load_backbone(c, state, str(tmp_path / 'r18'))
