@@ -106,6 +106,25 @@ def load_workdir_backbone(workdir: str, step: int | None = None):
   return config, variables, step
 
 
+def described_only(name: str, kwargs: dict, variables: dict):
+  """(variables restricted to the leaves of the `name` backbone built with `kwargs`, the names of the leaves left
+  out): what an imported-backbone directory holds, so that backbone.json describes its variables exactly (a method's
+  own additions, e.g. SimMIM's mask token, stay in the workdir)."""
+  keep = {tuple(str(getattr(k, 'key', k)) for k in p) for p, _ in
+          jax.tree_util.tree_flatten_with_path(backbone_template(name, kwargs))[0]}
+  kept, left_out = {}, []
+  for path, value in jax.tree_util.tree_flatten_with_path(variables)[0]:
+    keys = tuple(str(getattr(k, 'key', k)) for k in path)
+    if keys not in keep:
+      left_out.append('/'.join(keys))
+      continue
+    node = kept
+    for key in keys[:-1]:
+      node = node.setdefault(key, {})
+    node[keys[-1]] = value
+  return kept, left_out
+
+
 def backbone_subtree(state) -> dict:
   """{'params': ..., ['batch_stats': ...]} of the backbone inside a TrainState (arrays as they are)."""
   variables = {'params': state.params['backbone']}
@@ -280,10 +299,17 @@ def load_backbone(config, state, path: str):
   config.init.strict=False: merged (merge_backbone) and what was not loaded printed."""
   name, kwargs, variables = load_pretrained_backbone(path)
   check_arch(config, path, name, kwargs)
-  if config.init.get('strict', True):
-    print(f'backbone initialized from {path}', flush=True)
-    return replace_backbone(state, variables)
   state, missing, unused = merge_backbone(state, variables)
+  if config.init.get('strict', True):
+    # strict: every leaf of the backbone comes from the checkpoint; the checkpoint may hold more (SimMIM's and
+    # MaskFeat's mask token belongs to their pretraining, not to the backbone an evaluator builds)
+    if missing:
+      shown = ', '.join(missing[:3]) + (f' and {len(missing) - 3} more' if len(missing) > 3 else '')
+      raise ConversionError(f'config.init.backbone: {path} lacks {shown} of the {name} backbone; '
+                            f'--config.init.strict=False keeps their fresh init (fine-tuning)')
+    print(f'backbone initialized from {path}' + (f'; in it, unused: {", ".join(unused)}' if unused else ''),
+          flush=True)
+    return state
   print(f'backbone initialized from {path}; not in it (fresh init): {", ".join(missing) or "none"}; '
         f'in it, unused: {", ".join(unused) or "none"}', flush=True)
   return state

@@ -17,7 +17,8 @@ PROG = 'jssl.tools.extract_backbone'
 
 
 def extract_backbone(src: str, dst: str, step: int | None = None) -> tuple[str, dict]:
-  """Writes SRC's backbone to the directory `dst`; returns (backbone name, kwargs)."""
+  """Writes SRC's backbone to the directory `dst`; returns (backbone name, kwargs, names of the leaves left out:
+  a method's own additions such as SimMIM's mask token)."""
   from jssl import pretrained
   from jssl.convert.errors import ConversionError
   dst_abs = os.path.abspath(dst)
@@ -34,8 +35,11 @@ def extract_backbone(src: str, dst: str, step: int | None = None) -> tuple[str, 
     raise ConversionError(f'--step is for a workdir; {src} holds one step')
   else:
     name, kwargs, variables = pretrained.load_pretrained_backbone(src)
+  variables, left_out = pretrained.described_only(name, kwargs, variables)
+  if left_out:  # the pretraining method's own params (SimMIM's mask token), not the backbone's
+    source['left_out'] = left_out
   pretrained.save_imported_backbone(dst, name, kwargs, variables, source)
-  return name, kwargs
+  return name, kwargs, left_out
 
 
 def parse_args(argv):
@@ -50,8 +54,9 @@ def main(argv=None):
   args = parse_args(sys.argv[1:] if argv is None else argv)
 
   def run(args):
-    name, _ = extract_backbone(args.src, args.dst, args.step)
-    print(f'wrote {args.dst}: the {name} backbone of {args.src}; start a run from it with '
+    name, _, left_out = extract_backbone(args.src, args.dst, args.step)
+    note = f' (left out, not the backbone\'s: {", ".join(left_out)})' if left_out else ''
+    print(f'wrote {args.dst}: the {name} backbone of {args.src}{note}; start a run from it with '
           f'--config.init.backbone={args.dst}')
   cli.run(PROG, run, args)
 
