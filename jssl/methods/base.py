@@ -1,6 +1,6 @@
 """The Method interface, its defaults, and the registry of methods.
 
-A method is a small object around Flax modules (see ../shared/design.md):
+A method is a small object around Flax modules (docs/architecture.md shows where it sits):
 
     Method(config, total_steps, steps_per_epoch, num_records)         # the run's length and the dataset's size,
                                                                      # for in-method schedules and memory banks
