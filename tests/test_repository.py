@@ -52,3 +52,9 @@ def test_the_readme_demo_output_shows_the_figures_of_the_config_docstring():
   assert re.search(rf'\nkNN +\| +{knn} \| +{knn_random}\n', readme), 'README demo output: kNN row'
   assert re.search(rf'\nlinear probe \| +{linear} \| +{linear_random}\n', readme), 'README demo output: linear row'
   assert f'kNN (k=20) top-1: trained {knn}% | random init {knn_random}%' in readme
+
+
+def test_the_evaluation_page_sample_shows_the_figure_of_the_linear_demo():
+  doc = (ROOT / 'configs' / 'eval' / 'linear.py').read_text()
+  top1 = re.search(r"Demo result: top-1 ([\d.]+)% \(random init [\d.]+%\) on the SimCLR demo's backbone", doc).group(1)
+  assert f'\nhead |   {top1} |  100.00\n' in (ROOT / 'docs' / 'evaluation.md').read_text()
