@@ -119,7 +119,25 @@ for n in (1, 8):
   state = t.init_state(jax.random.PRNGKey(0))
   state, summary = t.start_epoch(state, 0)[0], ''
   out[n] = np.asarray(state.method_state['labels'])
-np.testing.assert_array_equal(out[1], out[8])
+def agreement(a, b):
+  # the share of images whose clusters correspond, under the one-to-one matching of clusters by overlap (greedy on
+  # the contingency table): k-means is invariant to the labels' names, and points near a tie between two centroids
+  # may flip where 1 and 8 devices sum the features in another order (35 of 1,438 on one CPU, 0 on another)
+  table = np.zeros((a.max() + 1, b.max() + 1), np.int64)
+  np.add.at(table, (a, b), 1)
+  matched = 0
+  while table.size and table.max() > 0:
+    i, j = np.unravel_index(table.argmax(), table.shape)
+    matched += table[i, j]
+    table[i, :] = table[:, j] = 0
+  return matched / len(a)
+assert agreement(out[1], out[8]) >= 0.95, agreement(out[1], out[8])
+# the same check fails on a real bug: one device's shard of labels from another clustering
+broken = out[8].copy()
+shard = slice(0, len(broken) // 8)
+broken[shard] = np.mod(np.random.default_rng(0).permutation(broken[shard]) + 1, broken.max() + 1)
+shuffled = np.random.default_rng(1).permutation(out[8])
+assert agreement(out[1], broken) < 0.95 and agreement(out[1], shuffled) < 0.5
 print('ok', np.bincount(out[8]).tolist())
 '''
 
