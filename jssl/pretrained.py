@@ -106,23 +106,31 @@ def load_workdir_backbone(workdir: str, step: int | None = None):
   return config, variables, step
 
 
+def flat_leaves(tree) -> dict:
+  """{'params/layer1_0/conv1/kernel': leaf, ...}: a variables tree by leaf path (the names errors and notes show)."""
+  return {'/'.join(str(getattr(k, 'key', k)) for k in path): v
+          for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def nested_leaves(flat: dict) -> dict:
+  """The inverse of `flat_leaves`."""
+  tree = {}
+  for name, value in flat.items():
+    *path, leaf = name.split('/')
+    node = tree
+    for key in path:
+      node = node.setdefault(key, {})
+    node[leaf] = value
+  return tree
+
+
 def described_only(name: str, kwargs: dict, variables: dict):
   """(variables restricted to the leaves of the `name` backbone built with `kwargs`, the names of the leaves left
   out): what an imported-backbone directory holds, so that backbone.json describes its variables exactly (a method's
   own additions, e.g. SimMIM's mask token, stay in the workdir)."""
-  keep = {tuple(str(getattr(k, 'key', k)) for k in p) for p, _ in
-          jax.tree_util.tree_flatten_with_path(backbone_template(name, kwargs))[0]}
-  kept, left_out = {}, []
-  for path, value in jax.tree_util.tree_flatten_with_path(variables)[0]:
-    keys = tuple(str(getattr(k, 'key', k)) for k in path)
-    if keys not in keep:
-      left_out.append('/'.join(keys))
-      continue
-    node = kept
-    for key in keys[:-1]:
-      node = node.setdefault(key, {})
-    node[keys[-1]] = value
-  return kept, left_out
+  described, given = flat_leaves(backbone_template(name, kwargs)), flat_leaves(variables)
+  return (nested_leaves({k: v for k, v in given.items() if k in described}),
+          sorted(set(given) - set(described)))
 
 
 def backbone_subtree(state) -> dict:
@@ -373,9 +381,7 @@ def merge_backbone(state, variables):
   size are resized (`resize_relative_position_bias_table`). Returns (state, missing, unused): the state's
   leaves not in the checkpoint and the checkpoint's leaves the state lacks ('params/norm/scale', ...). A shared
   leaf of another shape is an error."""
-  flat = lambda tree: {'/'.join(str(getattr(k, 'key', k)) for k in path): v
-                       for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
-  current, loaded = flat(backbone_subtree(state)), flat(dict(variables))
+  current, loaded = flat_leaves(backbone_subtree(state)), flat_leaves(dict(variables))
   for name in sorted(set(current) & set(loaded)):
     if name.endswith('relative_position_bias_table') and current[name].shape != np.shape(loaded[name]):
       # another window size (SimMIM: pretrained w6 at 192 px, fine-tuned w7 at 224), resized as mmpretrain does
@@ -383,13 +389,5 @@ def merge_backbone(state, variables):
     if tuple(current[name].shape) != tuple(np.shape(loaded[name])):
       raise ConversionError(f'{name}: pretrained shape {tuple(np.shape(loaded[name]))} != state shape '
                             f'{tuple(current[name].shape)}')
-  merged = {name: loaded.get(name, value) for name, value in current.items()}
-  tree = {}
-  for name, value in merged.items():
-    *path, leaf = name.split('/')
-    node = tree
-    for key in path:
-      node = node.setdefault(key, {})
-    node[leaf] = value
-  state = replace_backbone(state, tree)
+  state = replace_backbone(state, nested_leaves({name: loaded.get(name, value) for name, value in current.items()}))
   return state, sorted(set(current) - set(loaded)), sorted(set(loaded) - set(current))

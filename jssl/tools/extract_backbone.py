@@ -16,7 +16,7 @@ from jssl.tools import cli
 PROG = 'jssl.tools.extract_backbone'
 
 
-def extract_backbone(src: str, dst: str, step: int | None = None) -> tuple[str, dict]:
+def extract_backbone(src: str, dst: str, step: int | None = None) -> tuple[str, dict, list]:
   """Writes SRC's backbone to the directory `dst`; returns (backbone name, kwargs, names of the leaves left out:
   a method's own additions such as SimMIM's mask token)."""
   from jssl import pretrained
