@@ -142,10 +142,12 @@ def adamw(lr, betas, weight_decay, no_decay_names, grad_clip_norm=0., **extra):
 # --- the `:demo` variants: the embedded digits, minutes on a 2-core CPU ---------------------------------------
 
 def demo_run(c: ml_collections.ConfigDict, image_size: int) -> None:
-  """Run-level settings of every ':demo' variant; the kNN and a quick linear probe at the end."""
+  """Run-level settings of every ':demo' variant; a pretraining demo ends with kNN and a quick linear probe."""
   c.log_every = 10
   c.checkpoint.every = 100
-  c.eval.update({'batch_size': 256, 'resize': image_size, 'crop': image_size, 'linear_epochs': 100})
+  c.eval.update({'batch_size': 256, 'resize': image_size, 'crop': image_size})
+  if 'quick_linear' in c.evals:  # (an evaluator config's classifier stays alone)
+    c.evals.quick_linear.at_end = True
 
 
 def digits_demo(c, views, augment, size=32, batch_size=128):

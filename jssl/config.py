@@ -32,15 +32,17 @@ def base_config() -> ml_collections.ConfigDict:
   # if named here (comma-separated fields or groups, e.g. 'seed,data.augment'); see jssl/train/workdir.py
   c.allow_changed = ''
   c.checkpoint = ml_collections.ConfigDict({'every': 1000, 'keep': 3, 'keep_every': 0, 'async_save': True})
+  # what the evaluators (and the clustering methods' per-epoch features) read: center-cropped images, in batches
   c.eval = ml_collections.ConfigDict({
-      'every': 0,                     # > 0: kNN monitor every N steps (evaluators: val accuracy)
-      'every_epochs': 0,              # > 0 (and every = 0): the same every N epochs
-      'at_end': True,                 # kNN of the trained and the random-init backbone into results.json
-      'knn_k': 20, 'knn_t': 0.07, 'batch_size': 256,
-      'linear_epochs': 0,             # > 0: also a linear probe on the same features at the end (standardized, SGD)
-      'linear_lr': 0.1,
+      'batch_size': 256, 'resize': 256, 'crop': 224, 'interpolation': 'bilinear',
       'feature_stage': -1,            # -1: the method's features; k >= 0: backbone output k pooled (ResNet 0..4)
-      'resize': 256, 'crop': 224, 'interpolation': 'bilinear',
+  })
+  # the evaluators a run calls (jssl/evaluate/evaluators.py): each every N steps (or every_epochs; 0: never) and
+  # at the end (at_end; the trained backbone next to the random-init one)
+  c.evals = ml_collections.ConfigDict({
+      'knn': {'every': 0, 'every_epochs': 0, 'at_end': True, 'k': 20, 't': 0.07},
+      # a linear probe on kNN's features (standardized, SGD, cosine lr)
+      'quick_linear': {'every': 0, 'every_epochs': 0, 'at_end': False, 'epochs': 100, 'lr': 0.1},
   })
   c.backbone = ml_collections.ConfigDict({'name': '', 'kwargs': ml_collections.ConfigDict()})
   # start a fresh run from imported weights: a directory written by `python -m jssl.convert FILE DIR --backbone=…`

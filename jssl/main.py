@@ -21,7 +21,6 @@ from jssl.config import ConfigError, check_config, config_value, fail, parse_fla
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/mae.py:demo.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory (or gs:// path) for checkpoints, logs and results.')
-KNN_KS = (10, 20, 100, 200)
 _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
                           "train: train (resuming if possible); eval: the latest checkpoint's kNN (k = 10, 20, "
                           "100, 200), or an evaluator's val top-1 / top-5.")
@@ -99,14 +98,8 @@ def main(argv):
         fail(f'--workdir: {e}')
       if jax.process_index() == 0:
         print(f'evaluating step {step} on the {config.data.val_split} split ...', flush=True)
-      if hasattr(trainer.method, 'predict'):  # an evaluator's workdir: its classifiers on the val split
-        for name, r in trainer.evaluate_classifier(state).items():
-          print(f'step {step} | {name} top-1 {r["top1"]:.2f} top-5 {r["top5"]:.2f}')
-        return
-      results = trainer.evaluate_knn(state, k=KNN_KS)  # MMSelfSup's knn_classifier reports these four
-      for k, result in results.items():
-        print(f'step {step} | kNN (k={k}, T={config.eval.knn_t}) top-1 {result["top1"]:.2f} '
-              f'top-5 {result["top5"]:.2f}')
+      from jssl.evaluate import evaluators
+      evaluators.evaluate_checkpoint(trainer, state, step)
   except (ConfigError, DataNotFoundError, ConversionError, WorkdirLocked, CheckpointError) as e:
     fail(str(e))
   except FloatingPointError as e:  # config.nonfinite='stop': one line naming the step, exit 1

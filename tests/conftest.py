@@ -11,6 +11,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _xla_cache = []
+_CACHE_ENV = 'JSSL_TEST_XLA_CACHE'
 
 # Tests compile far more than they run: hundreds of programs, most run for one or a few steps on toy shapes. LLVM's
 # optimization of the generated CPU code is about two thirds of each compile (the SimCLR demo's init 19 s -> 3 s of
@@ -22,10 +23,16 @@ TEST_XLA_FLAGS = '--xla_backend_optimization_level=0'
 
 
 def pytest_configure(config):
-  """The pytest process's own flags (its jax is not initialized yet). Not at import: test subprocesses import this
-  module for its helpers, and their flags are run_python's."""
+  """The pytest process's own flags and compilation cache (its jax is not initialized yet). Not at import: test
+  subprocesses import this module for its helpers, and their flags are run_python's."""
   if TEST_XLA_FLAGS not in os.environ.get('XLA_FLAGS', ''):
     os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' + TEST_XLA_FLAGS).strip()
+  os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', xla_cache_dir())
+
+
+# a run that evaluates nothing (the :demo configs end with kNN and a quick linear probe)
+NO_EVALS = {'evals.knn.at_end': False, 'evals.quick_linear.at_end': False}
+NO_EVALS_ARGS = [f'--config.{k}={v}' for k, v in NO_EVALS.items()]
 
 
 def xla_flags(devices=1, optimize=False):
@@ -34,16 +41,21 @@ def xla_flags(devices=1, optimize=False):
 
 
 def xla_cache_dir():
-  """One XLA compilation cache per test process (xdist worker), shared by its subprocesses: a resume test's
-  killed, resumed and uninterrupted runs compile the same step once instead of three times. Removed at exit."""
+  """One XLA compilation cache for the test session: made by the first pytest process (xdist's controller, whose
+  environment its workers inherit), used by the workers, their subprocesses and the tests in them, so that a
+  program compiled once (the same small demo step in a resume test's killed, resumed and uninterrupted runs, or
+  in two test files) is read back instead of compiled again. Removed when the process that made it exits."""
+  if os.environ.get(_CACHE_ENV):
+    return os.environ[_CACHE_ENV]
   if not _xla_cache:
     _xla_cache.append(tempfile.mkdtemp(prefix='jssl-test-xla-cache-'))
     atexit.register(shutil.rmtree, _xla_cache[0], ignore_errors=True)
+    os.environ[_CACHE_ENV] = _xla_cache[0]
   return _xla_cache[0]
 
 
 def subprocess_env(devices=1, optimize=False, **env):
-  """The environment of a test's subprocess: `devices` CPU devices, the repo importable, this worker's XLA cache
+  """The environment of a test's subprocess: `devices` CPU devices, the repo importable, the session's XLA cache
   (a relaunched or repeated run reuses what an earlier one compiled); `optimize`: LLVM-optimized CPU code
   (TEST_XLA_FLAGS); `env` added last."""
   full_env = dict(os.environ)

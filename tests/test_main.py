@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from tests.conftest import run_python
+from tests.conftest import NO_EVALS_ARGS, run_python
 
 
 def run_main(*args):
@@ -58,7 +58,7 @@ def test_sobel_without_two_channel_backbone(tmp_path):
 # --- resume, late checks, batches (docs/staying_up.md) ----------------------------------------------------------
 SMALL = ['--config=configs/simclr.py:demo', '--config.backbone.kwargs.num_filters=8',
          '--config.model.neck_hid_channels=32', '--config.model.neck_out_channels=16', '--config.batch_size=64',
-         '--config.eval.at_end=False', '--config.eval.every=0', '--config.log_every=1']
+         *NO_EVALS_ARGS, '--config.evals.knn.every=0', '--config.log_every=1']
 
 
 def files_of(workdir):
@@ -135,11 +135,11 @@ def test_missing_inputs_are_reported_before_anything_is_built(tmp_path, case):
   after compiling (config.init.backbone)."""
   workdir = tmp_path / 'run'
   args, expected = {
-      'digits_val_split': (['--config.data.val_split=nope', '--config.eval.at_end=True'],
+      'digits_val_split': (['--config.data.val_split=nope', '--config.evals.knn.at_end=True'],
                            "data not found: digits has no split 'nope' (config.data.val_split); valid: test, train"),
       'imagefolder_val_split': (
           ['--config.data.name=imagefolder', f'--config.data.root={image_folder(tmp_path / "data")}',
-           '--config.batch_size=4', '--config.eval.every=1', '--config.total_steps=2'],  # main: read after step 1
+           '--config.batch_size=4', '--config.evals.knn.every=1', '--config.total_steps=2'],  # main: read after step 1
           f'data not found: {tmp_path}/data/test (config.data.val_split); point --config.data.val_split at the '
           f'sub-folder of {tmp_path}/data holding the val images, or run the \':demo\' variant which uses the '
           f'embedded digits dataset'),
@@ -168,7 +168,7 @@ def test_batch_larger_than_the_training_set(tmp_path):
 @pytest.mark.parametrize('field', ['batch_size', 'eval.batch_size'])
 def test_batch_not_divisible_by_the_devices_fails_before_compiling(tmp_path, field):
   proc = run_python(['-m', 'jssl.main', *SMALL, f'--workdir={tmp_path / "run"}', '--config.total_steps=1',
-                     '--config.eval.at_end=True', f'--config.{field}=100'], devices=8, check=False, timeout=300)
+                     '--config.evals.knn.at_end=True', f'--config.{field}=100'], devices=8, check=False, timeout=300)
   assert_one_line_error(proc)
   assert proc.stderr.strip() == (f'jssl: error: config.{field}: 100 does not split evenly over the 8 devices; '
                                  f'nearest valid: 96 or 104')

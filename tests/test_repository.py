@@ -4,6 +4,8 @@ import pathlib
 import re
 import subprocess
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # written in pieces so that this file does not match itself
 OUTSIDE = re.compile(r'\.\./' + 'shared|/work/' + r'(shared|main|\.library)|\.\./\.' + 'library')
@@ -42,16 +44,18 @@ def test_readme_is_short_and_starts_with_the_two_commands():
   assert 'pytest' in lines[fence + 2]
 
 
-def test_the_readme_demo_output_shows_the_figures_of_the_config_docstring():
-  """The demo's figures have one source, configs/simclr.py's `Demo result`; the README's sample output must agree."""
-  readme = (ROOT / 'README.md').read_text()
+@pytest.mark.parametrize('page', ['README.md', 'docs/evaluation.md'])
+def test_the_demo_output_samples_show_the_figures_of_the_config_docstring(page):
+  """The demo's figures have one source, configs/simclr.py's `Demo result`; the sample outputs must agree."""
+  text = (ROOT / page).read_text()
   doc = (ROOT / 'configs' / 'simclr.py').read_text()
   result = re.search(r'Demo result: kNN top-1 ([\d.]+)% \(random init ([\d.]+)%\), linear probe ([\d.]+)% '
                      r'\(([\d.]+)%\)', doc)
   knn, knn_random, linear, linear_random = result.groups()
-  assert re.search(rf'\nkNN +\| +{knn} \| +{knn_random}\n', readme), 'README demo output: kNN row'
-  assert re.search(rf'\nlinear probe \| +{linear} \| +{linear_random}\n', readme), 'README demo output: linear row'
-  assert f'kNN (k=20) top-1: trained {knn}% | random init {knn_random}%' in readme
+  assert re.search(rf'\nkNN +\| +{knn} \| +{knn_random}\n', text), f'{page} demo output: kNN row'
+  assert re.search(rf'\nlinear probe \| +{linear} \| +{linear_random}\n', text), f'{page} demo output: linear row'
+  if page == 'README.md':
+    assert f'kNN (k=20) top-1: trained {knn}% | random init {knn_random}%' in text
 
 
 def test_the_evaluation_page_sample_shows_the_figure_of_the_linear_demo():

@@ -51,8 +51,8 @@ def get_config(arg=None):
   c.optimizer.update({'name': 'sgd', 'lr': 30., 'momentum': 0.9, 'weight_decay': 0., 'frozen_names': ('backbone',)})
   c.schedule.update({'name': 'step', 'milestones': (60, 80), 'gamma': 0.1, 'warmup_epochs': 0.})
   c.data = common.imagenet_data(common.views(224), augment=[])
-  c.eval.at_end = False                # the evaluator reports val top-1 / top-5, not kNN
-  c.eval.every = 0
+  # the evaluator reports its heads' val top-1 / top-5, not kNN
+  c.evals = ml_collections.ConfigDict({'classifier': {'every': 0, 'every_epochs': 0, 'at_end': True}})
   c.checkpoint.every = 5000
 
   if arg in ('mae', 'demo_mae'):

@@ -199,3 +199,18 @@ def view_sizes(views_cfg):
 def build_pretrain_transform(views_cfg):
   """The host-side pretraining transform for a config's list of view specs."""
   return RandomResizedCropViews(views_cfg)
+
+
+def train_transforms(data):
+  """The host-side transforms of a training run's records (`data`: config.data): the views' crops, then
+  RandAugment where config.data.randaugment names a policy (e.g. 'rand-m9-mstd0.5-inc1', fine-tuning), filled
+  with the mean colour as timm's."""
+  crops = [RandomResizedCropViews([dict(v) for v in data.views])]
+  if data.get('randaugment'):
+    from jssl.data.randaugment import RandAugmentViews
+    fill = tuple(min(255, round(255 * m)) for m in data.mean)
+    try:
+      crops.append(RandAugmentViews.from_config(dict(policy=data.randaugment, fill=fill, interpolation='bicubic')))
+    except ValueError as e:
+      raise ValueError(f'config.data.randaugment: {e}') from None
+  return crops

@@ -19,15 +19,15 @@ file holds its algorithm:
 `init` (the net at the first view, no method state; `init_net` for other inputs), `forward` (a train-mode forward
 returning the moved BatchNorm statistics), an identity `after_step` and `extract` (`self.net.features`).
 
-Optional capabilities, declared on `Method` (annotations only) and defined only by the methods that have them; the
-loop asks `hasattr(method, name)`:
+Optional capabilities, None on `Method` (head_names: empty) and defined only by the methods that have them; the
+loop and the evaluators ask `method.<name> is not None`:
 
     predict(params, model_state, method_state, images) -> {head name: logits [B, classes]}
     head_names: the heads' names, in the order predict returns them  # evaluators (jssl/evaluate/: linear probe,
-                                                                     # fine-tune); the loop scores them on val
+                                                                     # fine-tune); evals.classifier scores them
     on_epoch(state, epoch, trainer) -> (state, summary line)          # epoch-level work before every epoch, on the
                                                                      # whole TrainState (DeepCluster's clustering);
-                                                                     # trainer.extract_train_features gives the
+                                                                     # trainer.features.training_set gives the
                                                                      # training set's features, row-sharded
     epoch_indices(method_state, epoch, seed) -> int array | None     # the record order the epoch reads (None: a
                                                                      # plain shuffle), a function of the state so
@@ -67,11 +67,11 @@ def split_variables(variables):
 class Method:
   """Defaults of the protocol for a method whose network is `self.net` (see the module docstring)."""
   net: nn.Module
-  # optional capabilities (the module docstring): declared, not defined, so that hasattr finds only real ones
-  predict: Callable
-  head_names: Sequence[str]
-  on_epoch: Callable
-  epoch_indices: Callable
+  # optional capabilities (the module docstring): None where a method does not have them
+  predict: Callable | None = None
+  head_names: Sequence[str] = ()
+  on_epoch: Callable | None = None
+  epoch_indices: Callable | None = None
 
   def init_net(self, rng, *inputs):
     """(params, model_state) of `self.net` initialized at `inputs`, in eval mode."""

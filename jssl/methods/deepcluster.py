@@ -85,7 +85,7 @@ class Method(base.Method):
     return clustering.to_records(row_labels, index, self.num_records), objective
 
   def on_epoch(self, state, epoch, trainer):
-    features, index = trainer.extract_train_features(state, self.extract)
+    features, index = trainer.features.training_set(state, self.extract)
     rng = jax.random.fold_in(jax.random.fold_in(state.rng, 0xDC), epoch)
     kmeans_rng, head_rng = jax.random.split(rng)
     labels, objective = self.cluster(features, index, kmeans_rng, trainer.mesh)

@@ -119,7 +119,7 @@ class Method(base.Method):
   def on_epoch(self, state, epoch, trainer):
     if epoch > 0:
       return state, 'online clustering (no global step)'
-    features, index = trainer.extract_train_features(state, self.neck_features)
+    features, index = trainer.features.training_set(state, self.neck_features)
     valid = index >= 0
     features = jnp.where(valid[:, None], l2_normalize(features.astype(jnp.float32), eps=1e-10), 0.)
     rng = jax.random.fold_in(state.rng, 0x0DC)

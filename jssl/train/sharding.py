@@ -4,9 +4,13 @@ One code path from a laptop CPU to a pod: a 2-D mesh ('data', 'fsdp') over all d
 over both axes; parameters are either replicated (plain data parallel) or sharded over 'fsdp' along their
 largest divisible dimension (ZeRO-3 style: XLA all-gathers them for the forward pass).
 """
+import math
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jssl.config import ConfigError
 
 BATCH_AXES = ('data', 'fsdp')
 
@@ -55,3 +59,14 @@ def param_shardings(tree, mesh: Mesh, mode: str):
     size = mesh.shape['fsdp']
     return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(x.shape, size)), tree)
   raise ValueError(f"config.param_sharding: unknown mode '{mode}'; valid: fsdp, replicate")
+
+
+def check_divisible(field, batch_size, devices):
+  """A global batch is split evenly over every device (and so over the processes, which read equal shares)."""
+  multiple = math.lcm(devices, jax.process_count())
+  if batch_size % multiple:
+    lower = batch_size // multiple * multiple
+    nearest = ' or '.join(str(b) for b in (lower, lower + multiple) if b > 0)
+    procs = f' of {jax.process_count()} processes' if jax.process_count() > 1 else ''
+    raise ConfigError(f'{field}: {batch_size} does not split evenly over the {devices} devices{procs}; nearest '
+                      f'valid: {nearest}')

@@ -7,6 +7,7 @@ restored or written, unless `config.allow_changed` names the field. Kept copies:
 config of the steps up to N) and results.step_<N>.json (the results of step N)."""
 import json
 import os
+import sys
 import uuid
 
 from jssl.config import ConfigError
@@ -19,8 +20,10 @@ FREE_TO_CHANGE = (
     'epochs', 'total_steps',                      # the run's length
     'optimizer.lr', 'schedule',                   # the learning rate and its schedule
     'log_every', 'checkpoint', 'nonfinite', 'nonfinite_max_skipped',  # logging, checkpoints, what a NaN step does
-    'eval.every', 'eval.every_epochs', 'eval.at_end', 'eval.knn_k', 'eval.knn_t', 'eval.batch_size',
-    'eval.linear_epochs', 'eval.linear_lr', 'eval.feature_stage',  # monitoring and the evaluation at the end
+    'evals', 'eval.batch_size', 'eval.feature_stage',  # what is evaluated, when, and on which features
+    # the same, as configs before config.evals named them (a run started then may resume)
+    'eval.every', 'eval.every_epochs', 'eval.at_end', 'eval.knn_k', 'eval.knn_t', 'eval.linear_epochs',
+    'eval.linear_lr',
     'data.workers', 'data.skip_corrupt_images',   # how the same records are read
     'mesh', 'param_sharding', 'remat',            # layout and memory (a resume on another slice): the same math
 )
@@ -95,7 +98,15 @@ def check_resume(workdir: str, config, step: int):
   return changes
 
 
-def print_changes(changes, path):
+def print_changes(changes, workdir):
+  """What a resume changes (check_resume's list), printed; None: there was no config.json to check it against."""
+  if changes is None:
+    print(f'jssl: warning: {workdir} has checkpoints but no config.json: the resume could not be checked against '
+          f'the config of the run', file=sys.stderr, flush=True)
+    return
+  if not changes:
+    return
+  path = os.path.join(workdir, 'config.json')
   print(f'the config differs from the run\'s {path} in {len(changes)} field{"s" * (len(changes) != 1)}:\n' +
         '\n'.join(f'  config.{f}: {_show(o)} -> {_show(n)}' + (' (config.allow_changed)' if why == 'allowed' else '')
                   for f, o, n, why in changes), flush=True)

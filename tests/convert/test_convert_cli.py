@@ -20,7 +20,7 @@ from jssl.methods.base import build_method
 from jssl.models import build_backbone
 from jssl.pretrained import backbone_variables, load_imported_backbone, load_workdir, replace_backbone
 from jssl.train.loop import Trainer
-from tests.conftest import run_cli, run_python
+from tests.conftest import NO_EVALS_ARGS, run_cli, run_python
 
 SMALL = {'num_filters': 8}
 SMALL_KWARGS = json.dumps(SMALL)
@@ -466,7 +466,7 @@ def test_source_that_is_not_a_workdir_or_file(tmp_path):
 def test_workdir_of_a_real_run_exports_to_torchvision(tmp_path):
   workdir = tmp_path / 'run'
   run_python(['-m', 'jssl.main', '--config=configs/simclr.py:demo', f'--workdir={workdir}',
-              '--config.total_steps=2', '--config.checkpoint.every=2', '--config.eval.at_end=False',
+              '--config.total_steps=2', '--config.checkpoint.every=2', *NO_EVALS_ARGS,
               '--config.backbone.kwargs.num_filters=8', '--config.model.neck_hid_channels=32',
               '--config.batch_size=16'])
   proc = run_python(['-m', 'jssl.convert', str(workdir), str(tmp_path / 'r18.pkl'), '--format=detectron2'])

@@ -11,7 +11,7 @@ from PIL import Image
 import pytest
 
 from jssl.data import loader, sources
-from tests.conftest import run_python
+from tests.conftest import NO_EVALS_ARGS, run_python
 
 TRUNCATED, EMPTY = 'c0/d03_truncated.jpg', 'c1/d05_empty.png'
 
@@ -150,7 +150,7 @@ RUN = ['-m', 'jssl.main', '--config=configs/mocov3.py:demo', '--config.data.name
        '--config.backbone.kwargs.depth=1', '--config.backbone.kwargs.embed_dim=24',
        '--config.model.neck_hid_channels=32', '--config.model.neck_out_channels=16',
        '--config.model.pred_hid_channels=32', '--config.batch_size=8', '--config.log_every=1',
-       '--config.eval.at_end=False', '--config.checkpoint.every=100', '--config.data.val_split=val']
+       *NO_EVALS_ARGS, '--config.checkpoint.every=100', '--config.data.val_split=val']
 
 
 @pytest.mark.slow  # ~25 s on a busy 2-core machine: the Trainer is built before the first batch is read

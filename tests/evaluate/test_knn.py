@@ -95,14 +95,14 @@ def test_knn_reads_the_chosen_backbone_output():
   maps = all_outputs.apply(variables, sobel(images), train=False)
   for stage in range(5):
     c.eval.feature_stage = stage
-    np.testing.assert_allclose(trainer.knn_features(state)(images), np.asarray(maps[stage]).mean(axis=(1, 2)),
+    np.testing.assert_allclose(trainer.features.of_images(state)(images), np.asarray(maps[stage]).mean(axis=(1, 2)),
                                rtol=1e-5, atol=1e-6)
   c.eval.feature_stage = -1
-  np.testing.assert_allclose(trainer.knn_features(state)(images), np.asarray(maps[4]).mean(axis=(1, 2)),
+  np.testing.assert_allclose(trainer.features.of_images(state)(images), np.asarray(maps[4]).mean(axis=(1, 2)),
                              rtol=1e-5, atol=1e-6)
   c.eval.feature_stage = 5
   with pytest.raises(ValueError, match=r'config.eval.feature_stage: 5 .* valid: -1 .*0\.\.4'):
-    trainer.knn_features(state)
+    trainer.features.of_images(state)
 
 
 def test_knn_stage_of_a_swin_is_one_of_its_outputs():
@@ -116,9 +116,9 @@ def test_knn_stage_of_a_swin_is_one_of_its_outputs():
   trainer = Trainer(c, None, num_records=40, devices=jax.devices()[:1])
   with pytest.raises(ValueError, match=r"config.eval.feature_stage: 0 is not an output of swin_tiny; valid: -1 "
                                        r"\(the method's features\), 1$"):
-    trainer.knn_extract_fn()
+    trainer.features.extract_fn()
   c.eval.feature_stage = 1
-  assert callable(trainer.knn_extract_fn())
+  assert callable(trainer.features.extract_fn())
 
 
 def make_data():

@@ -11,9 +11,6 @@ from jssl.methods import deepcluster
 from jssl.parts import clustering
 from jssl.train.loop import Trainer
 from tests.conftest import run_python
-from tests.test_demo import check_demo
-from tests.train.test_resume import assert_resume_exact
-from tests.train.test_sharding import assert_devices_match
 
 torch = pytest.importorskip('torch')
 
@@ -56,7 +53,7 @@ def test_on_epoch_clusters_the_training_set_like_scikit_learn(tmp_path):
   trainer = Trainer(c, str(tmp_path))
   method = trainer.method
   state = trainer.init_state(jax.random.PRNGKey(0))
-  features, index = trainer.extract_train_features(state, method.extract)
+  features, index = trainer.features.training_set(state, method.extract)
   n = len(trainer.train_source)
   assert features.shape == (-(-n // 256) * 256, 8 * 8) and sorted(np.asarray(index)[:n]) == list(range(n))
   # the clustering of `cluster`: PCA whitening (tested in tests/parts/test_clustering.py), k-means from k rows
@@ -142,11 +139,6 @@ print('ok', np.bincount(out[8]).tolist())
 '''
 
 
-@pytest.mark.heavy  # a plain classification step: ODC's 8-device test covers one with memories besides
-def test_deepcluster_step_on_eight_devices_matches_one_device():
-  assert_devices_match('configs/deepcluster.py:demo', SMALL)
-
-
 @pytest.mark.slow
 def test_deepcluster_clustering_on_eight_devices_matches_one_device():
   # the epoch-level work: features over the mesh, PCA, k-means and the pseudo-labels
@@ -155,17 +147,11 @@ def test_deepcluster_clustering_on_eight_devices_matches_one_device():
                              optimize=True).stdout  # O0 codegen rounds 1 and 8 devices apart: k-means ties flip
 
 
-@pytest.mark.slow
-def test_deepcluster_resumes_exactly_mid_epoch(tmp_path):
-  # batch 119: 12 steps per epoch of the 1,438 digits. Killed after 19 steps, the run resumes from step 16, in the
-  # second epoch: its pseudo-labels and uniform-sampling plan come back from the checkpoint (the clustering before
-  # epoch 1 is not rerun) and the loader continues the plan at its position.
-  assert_resume_exact(tmp_path, 'configs/deepcluster.py:demo',
-                      {**SMALL, 'data.views.0.size': 16, 'data.image_size': 16, 'eval.resize': 16, 'eval.crop': 16,
-                       'batch_size': 119, 'total_steps': 30}, kill_at=(19,))
-
-
-@pytest.mark.heavy  # the CLI end to end stays in CI for SimCLR and MAE (tests/test_demo.py); DeepCluster's epoch
-# loop runs in CI in test_deepcluster_resumes_exactly_mid_epoch
-def test_deepcluster_demo(tmp_path):
-  check_demo(tmp_path, 'configs/deepcluster.py:demo')
+# tests/methods/test_every_method.py: 1 vs 8 devices, kill-and-resume and the demo, made small by these
+DEVICES = SMALL
+# batch 119: 12 steps per epoch of the 1,438 digits. Killed after 19 steps, the run resumes from step 16, in the
+# second epoch: its pseudo-labels and uniform-sampling plan come back from the checkpoint (the clustering before
+# epoch 1 is not rerun) and the loader continues the plan at its position.
+RESUME = {**SMALL, 'data.views.0.size': 16, 'data.image_size': 16, 'eval.resize': 16, 'eval.crop': 16,
+          'batch_size': 119, 'total_steps': 30}
+RESUME_KILL_AT = (19,)

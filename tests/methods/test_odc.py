@@ -12,9 +12,6 @@ from jssl.methods import odc
 from jssl.parts import clustering, memory
 from jssl.train.loop import Trainer
 from tests.conftest import apply_overrides
-from tests.test_demo import check_demo
-from tests.train.test_resume import assert_resume_exact
-from tests.train.test_sharding import assert_devices_match
 
 SMALL = {'backbone.kwargs.num_filters': 8, 'model.neck_hid_channels': 32, 'model.neck_out_channels': 16,
          'model.num_clusters': 12, 'model.min_cluster': 4}
@@ -157,7 +154,7 @@ def test_initial_clustering_matches_scikit_learn(tmp_path):
   state = trainer.init_state(jax.random.PRNGKey(0))
   new, summary = trainer.method.on_epoch(state, 0, trainer)
   assert 'initial k-means' in summary
-  features, index = trainer.extract_train_features(state, trainer.method.neck_features)
+  features, index = trainer.features.training_set(state, trainer.method.neck_features)
   valid = np.asarray(index) >= 0
   x = normalize(np.asarray(features, np.float64))[valid].astype(np.float32)
   init = clustering.init_centroids(jax.random.fold_in(state.rng, 0x0DC), jnp.asarray(np.where(
@@ -180,20 +177,10 @@ def test_unknown_variant_is_named():
     get_config('small')
 
 
-@pytest.mark.slow
-def test_odc_eight_devices_match_one_device():
-  # the memories start from random unit features with labels index % 12 (1,600 records: clusters 0-3 hold 134,
-  # 4-11 hold 133): a minimum of 134 makes after_step empty clusters 4-11 into 0-3 and refill each by a 2-means
-  # split of the largest, across the devices
-  assert_devices_match('configs/odc.py:demo', {**SMALL, 'model.min_cluster': 134})
-
-
-@pytest.mark.heavy  # DeepCluster's resume test covers the per-epoch plan, NPID's the memory bank
-def test_odc_resumes_exactly(tmp_path):
-  assert_resume_exact(tmp_path, 'configs/odc.py:demo', {**SMALL_16PX, 'batch_size': 119, 'total_steps': 30},
-                      kill_at=(19,))
-
-
-@pytest.mark.heavy  # the CLI end to end stays in CI for SimCLR and MAE (tests/test_demo.py)
-def test_odc_demo(tmp_path):
-  check_demo(tmp_path, 'configs/odc.py:demo')
+# tests/methods/test_every_method.py: 1 vs 8 devices, kill-and-resume and the demo, made small by these
+# the memories start from random unit features with labels index % 12 (1,600 records: clusters 0-3 hold 134,
+# 4-11 hold 133): a minimum of 134 makes after_step empty clusters 4-11 into 0-3 and refill each by a 2-means
+# split of the largest, across the devices
+DEVICES = {**SMALL, 'model.min_cluster': 134}
+RESUME = {**SMALL_16PX, 'batch_size': 119, 'total_steps': 30}
+RESUME_KILL_AT = (19,)

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, run_python, subprocess_env
+from tests.conftest import NO_EVALS, ROOT, run_python, subprocess_env
 
 # Records every host-local batch the run consumes as p<process>_s<global step>.npz, then runs jssl.main as the user
 # would. A resumed run starts counting at the latest checkpoint in the workdir (where the loop resumes). At global
@@ -57,6 +57,7 @@ record_dir, workdir, processes, steps = sys.argv[1], sys.argv[2], int(sys.argv[3
 c = apply_overrides(load_config_file('configs/simclr.py:demo'), json.loads(sys.argv[5]))
 trainer = Trainer(c, None)
 state = trainer.init_state(jax.random.PRNGKey(c.seed))
+init = [np.array(x, np.float64) for x in jax.tree.leaves(state.params)]
 for s in range(steps):
   parts = [np.load(os.path.join(record_dir, f'p{p}_s{s}.npz')) for p in range(processes)]
   views = tuple(np.concatenate([p[f'v{i}'] for p in parts]) for i in range(2))
@@ -65,18 +66,21 @@ multi, step = checkpoint.restore_params(workdir, trainer.abstract_state)
 assert step == steps, step
 # Not bitwise: N processes reduce BatchNorm statistics, the NT-Xent logits' normalizer and the gradients over devices
 # in another order than one device summing the whole batch, so float32 round-off differs a little at every step and
-# 6 steps compound it. Measured with 2 processes: the replay uses 7% of this tolerance (the largest
-# |a - b| / (atol + rtol |b|) over all parameters is 0.07), while swapping two steps' batches or the processes' parts
-# of one batch exceeds it 4000-8000 times.
-for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(multi.params)):
-  np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-5)
+# 6 steps compound it, by how much depending on the CPU (on CI's, one BatchNorm bias of 8 ended 0.002 apart, 6% of
+# one value). So each parameter is compared as a whole: the size of the difference relative to how far the 6 steps
+# moved it. Measured here (2026-12-06): at most 1.8e-4 with 2 processes and 2.2e-4 with 4, while swapping two
+# steps' batches gives 2.46 and 1.45 (medians over parameters 0.89, 0.88); 0.05 keeps both margins above 25x.
+for name, a, b, b0 in zip(range(len(init)), jax.tree.leaves(state.params), jax.tree.leaves(multi.params), init):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  ratio = np.linalg.norm(a - b) / np.linalg.norm(b - b0)
+  assert ratio <= 0.05, (name, ratio)
 print('AGREE')
 '''
 
 # a gentle lr: the comparison is of the arithmetic, not of how a chaotic early phase amplifies round-off
 OVERRIDES = {'backbone.kwargs.num_filters': 8, 'model.neck_hid_channels': 32, 'model.neck_out_channels': 16,
              'batch_size': 32, 'total_steps': 6, 'optimizer.lr': 0.03, 'checkpoint.every': 2, 'log_every': 2,
-             'eval.at_end': False}
+             **NO_EVALS}
 STEPS = OVERRIDES['total_steps']
 # Stopped (then SIGKILLed) when fetching the batch of global step 5 (0-based; 5 steps trained, the step-4 checkpoint
 # committed): the relaunch resumes at 4 and reads the batches of steps 4 and 5 again.
@@ -125,7 +129,7 @@ def kill_when_stopped(procs, record, checkpoint_dir, timeout=600):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('processes', [2, 4])
+@pytest.mark.parametrize('processes', [2, pytest.param(4, marks=pytest.mark.heavy)])  # 4: more shards, the same code
 def test_processes_killed_resume_and_agree_with_one(tmp_path, processes):
   before, after, workdir = tmp_path / 'before', tmp_path / 'after', tmp_path / 'work'
   kill_when_stopped(launch(processes, before, workdir, KILL_AT), before, workdir / 'checkpoints' / str(RESUME_AT))

@@ -3,17 +3,17 @@ says what it is doing before the first line and where its outputs are after the 
 import types
 
 from jssl.config import load_config_file
-from jssl.train import loop
-from tests.conftest import apply_overrides
+from jssl.train import loop, progress
+from tests.conftest import NO_EVALS, apply_overrides
 
 
 def test_throughput_and_eta_leave_out_the_compiling_first_step(tmp_path, monkeypatch, capsys):
   c = apply_overrides(load_config_file('configs/mae.py:demo'), {  # a one-block ViT: little to compile
       'backbone.kwargs.depth': 1, 'model.decoder_depth': 1, 'batch_size': 32, 'total_steps': 5, 'log_every': 3,
-      'eval.at_end': False})
+      **NO_EVALS})
   trainer = loop.Trainer(c, str(tmp_path))
   clock = [0.]
-  monkeypatch.setattr(loop, 'time', types.SimpleNamespace(time=lambda: clock[0]))
+  monkeypatch.setattr(progress, 'time', types.SimpleNamespace(time=lambda: clock[0]))
   real_step = trainer.train_step
 
   def timed_step(state, batch):  # on the loop's clock: the first call (compile) 100 s, every other one 2 s

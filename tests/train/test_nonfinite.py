@@ -4,23 +4,23 @@ state whose steps since the last checkpoint were mostly skipped."""
 import json
 import os
 
-from tests.conftest import run_python
+from tests.conftest import NO_EVALS_ARGS, run_python
 
 SMALL = ['--config.backbone.kwargs.num_filters=8', '--config.model.neck_hid_channels=32',
-         '--config.model.neck_out_channels=16', '--config.batch_size=32', '--config.eval.at_end=False']
+         '--config.model.neck_out_channels=16', '--config.batch_size=32', *NO_EVALS_ARGS]
 
 # The SimCLR demo with its loss poisoned (NaN) at the given 1-based steps.
 POISONED = r'''
 import json, sys
 import jax, jax.numpy as jnp, numpy as np
 from jssl.config import load_config_file
-from jssl.train import loop
-from tests.conftest import apply_overrides
+from jssl.train import guard, loop
+from tests.conftest import NO_EVALS, apply_overrides
 workdir, mode, bad_steps = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 c = load_config_file('configs/simclr.py:demo')
 apply_overrides(c, {'backbone.kwargs.num_filters': 8, 'model.neck_hid_channels': 32, 'model.neck_out_channels': 16,
                     'batch_size': 32, 'total_steps': 10, 'log_every': 1, 'checkpoint.every': 4,
-                    'eval.at_end': False, 'nonfinite': mode})
+                    **NO_EVALS, 'nonfinite': mode})
 trainer = loop.Trainer(c, workdir)
 real_loss = trainer.method.loss
 def poisoned_loss(params, model_state, method_state, batch, rng, step):
@@ -47,7 +47,7 @@ if mode == 'unit':  # one good step, one bad step: the bad one changes nothing b
 try:
   state, _ = trainer.run()
   print('COUNT', int(state.nonfinite_steps), int(state.first_nonfinite_step))
-except loop.NonFiniteError as e:
+except guard.NonFiniteError as e:
   print('STOPPED', e)
 '''
 
@@ -101,7 +101,7 @@ def test_stop_checks_the_last_checkpoint_before_calling_it_intact(tmp_path):
   import pytest
   from jssl import checkpoint
   from jssl.config import load_config_file
-  from jssl.train import loop
+  from jssl.train import guard, loop
   from tests.conftest import apply_overrides
   from tests.test_checkpoint import flip_a_bit
   config = apply_overrides(load_config_file('configs/simclr.py:demo'), {
@@ -113,18 +113,18 @@ def test_stop_checks_the_last_checkpoint_before_calling_it_intact(tmp_path):
                                                                        first_nonfinite_step=jax.numpy.int32(5))
   for step in (2, 4):
     checkpoint.save(manager, step, trainer.init_state(jax.random.PRNGKey(step)))
-  with pytest.raises(loop.NonFiniteError, match=r'at step 5; the last checkpoint \(step 4\) in .* is intact \(read '
+  with pytest.raises(guard.NonFiniteError, match=r'at step 5; the last checkpoint \(step 4\) in .* is intact \(read '
                      r'back, its arrays match their checksums\); --config.nonfinite=skip'):
     trainer.check_finite(diverged(), manager, 0)
   # the disk damaged it while the run went on
   name = 'params.backbone.layer4_1.conv1.kernel'
   assert flip_a_bit(tmp_path / 'checkpoints' / '4', name) == [name.replace('.', '/')]
-  with pytest.raises(loop.NonFiniteError) as e:
+  with pytest.raises(guard.NonFiniteError) as e:
     trainer.check_finite(diverged(), manager, 0)
   assert (f'the last checkpoint (step 4) in {tmp_path / "checkpoints"} is damaged (checksum mismatch: '
           f'{name.replace(".", "/")} differs from what was saved); step 2 is intact') in str(e.value), str(e.value)
   flip_a_bit(tmp_path / 'checkpoints' / '2', name)
-  with pytest.raises(loop.NonFiniteError, match=r'and so is every older one: no checkpoint in .* is intact; '):
+  with pytest.raises(guard.NonFiniteError, match=r'and so is every older one: no checkpoint in .* is intact; '):
     trainer.check_finite(diverged(), manager, 0)
   assert checkpoint_steps(tmp_path) == [2, 4]  # nothing moved: the next run does that
   manager.close()

@@ -11,12 +11,12 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, run_python, subprocess_env
+from tests.conftest import NO_EVALS_ARGS, ROOT, run_python, subprocess_env
 from tests.train.test_distributed import free_port
 
 SMALL = ['--config=configs/simclr.py:demo', '--config.backbone.kwargs.num_filters=8',
          '--config.model.neck_hid_channels=32', '--config.model.neck_out_channels=16', '--config.batch_size=64',
-         '--config.eval.at_end=False', '--config.eval.every=0', '--config.log_every=2']
+         *NO_EVALS_ARGS, '--config.evals.knn.every=0', '--config.log_every=2']
 
 
 def main_args(workdir, *args):

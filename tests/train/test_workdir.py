@@ -36,9 +36,9 @@ def test_the_same_config_has_no_changes(tmp_path):
 def test_length_lr_and_schedule_are_free_to_change(tmp_path):
   write_run(tmp_path, run_config())
   changes = workdir.check_resume(str(tmp_path), run_config(**{
-      'optimizer.lr': 0.01, 'epochs': 10, 'schedule.warmup_epochs': 1., 'mesh.data': 4, 'eval.every': 5,
+      'optimizer.lr': 0.01, 'epochs': 10, 'schedule.warmup_epochs': 1., 'mesh.data': 4, 'evals.knn.every': 5,
       'allow_changed': 'seed'}), 70)
-  assert changes == [('epochs', 200, 10, 'free'), ('eval.every', 0, 5, 'free'), ('mesh.data', -1, 4, 'free'),
+  assert changes == [('epochs', 200, 10, 'free'), ('evals.knn.every', 0, 5, 'free'), ('mesh.data', -1, 4, 'free'),
                      ('optimizer.lr', 0.3, 0.01, 'free'), ('schedule.warmup_epochs', 0., 1., 'free')]
 
 
