@@ -60,13 +60,15 @@ def first_conv_grad_to_jssl(torch_grad):
 
 
 def nonlinear_neck_state(params, batch_stats, prefix='neck'):
-  """jssl NonLinearNeck (fc{i}, bn{i}) -> mmpretrain NonLinearNeck: the same module names, torch layouts."""
+  """jssl NonLinearNeck (fc{i}, bn{i}) -> mmpretrain NonLinearNeck: the same module names, torch layouts, under
+  `prefix` ('': the neck module's own state dict)."""
+  key = lambda name: f'{prefix}.{name}' if prefix else name
   out = {}
   for name, p in params.items():
     if name.startswith('fc'):
-      out.update(dense_state(p, f'{prefix}.{name}'))
+      out.update(dense_state(p, key(name)))
   for name, stats in batch_stats.items():
-    out.update(bn_state(params.get(name), stats, f'{prefix}.{name}'))
+    out.update(bn_state(params.get(name), stats, key(name)))
   return out
 
 
@@ -108,3 +110,55 @@ def assert_loss_and_stem_grad_match(ref, views, loss, grads):
   ref_loss.backward()
   np.testing.assert_allclose(loss, ref_loss.item(), rtol=1e-4)
   assert_grads_close(grads['backbone']['conv1']['kernel'], first_conv_grad_to_jssl(ref.backbone.conv1.weight.grad))
+
+
+# --- comparing a jssl backbone with its PyTorch twin (the converters' and backbones' parity tests) ---------------
+def randomize_bn(torch_model, seed=0):
+  """Non-trivial BN affine params and running stats, so that BN is really tested; returns the model, in eval mode."""
+  gen = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for m in torch_model.modules():
+      if isinstance(m, torch.nn.BatchNorm2d):
+        n = m.num_features
+        m.weight.copy_(1 + 0.2 * torch.randn(n, generator=gen))
+        m.bias.copy_(0.2 * torch.randn(n, generator=gen))
+        m.running_mean.copy_(0.2 * torch.randn(n, generator=gen))
+        m.running_var.copy_(0.5 + torch.rand(n, generator=gen))
+  torch_model.eval()  # mmpretrain's train() returns None, so no chaining
+  return torch_model
+
+
+def torch_state(torch_model):
+  return {k: v.numpy() for k, v in torch_model.state_dict().items()}
+
+
+def load_into(torch_model, state_dict):
+  torch_model.load_state_dict({k: torch.from_numpy(v) for k, v in state_dict.items()}, strict=True)
+
+
+def images(size=32):
+  """2 random images: (NCHW for torch, NHWC for jssl)."""
+  import jax.numpy as jnp
+  x = np.random.RandomState(0).randn(2, 3, size, size).astype(np.float32)
+  return x, jnp.asarray(x.transpose(0, 2, 3, 1))
+
+
+def assert_close(actual, expected, rtol=1e-4):
+  """The largest difference within rtol of the largest reference value."""
+  expected = np.asarray(expected)
+  err = np.max(np.abs(np.asarray(actual, np.float32) - expected))
+  assert err <= rtol * np.max(np.abs(expected)), (err, np.abs(expected).max())
+
+
+def assert_trees_equal(a, b):
+  import jax
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def random_views(batch, size=32, seed=0, num=2):
+  """`num` views of `batch` random float32 images [batch, size, size, 3] (NumPy) and the method's batch of them."""
+  import jax.numpy as jnp
+  rng = np.random.default_rng(seed)
+  views = tuple(rng.normal(size=(batch, size, size, 3)).astype(np.float32) for _ in range(num))
+  return views, {'views': tuple(jnp.asarray(v) for v in views)}

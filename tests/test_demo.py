@@ -11,7 +11,8 @@ SHORT = ['--config.total_steps=12', '--config.log_every=4', '--config.checkpoint
 
 
 def check_demo(tmp_path, config, extra_args=()):
-  """Each method's test file calls this for its :demo (12 steps); returns (results.json, the process)."""
+  """A :demo through the CLI, shortened to 12 steps (tests/methods/test_every_method.py: every method's); returns
+  (results.json, the process)."""
   proc = run_python(['-m', 'jssl.main', f'--config={config}', f'--workdir={tmp_path}', *SHORT, *extra_args],
                     optimize=True)
   out = proc.stdout.splitlines()
@@ -33,18 +34,18 @@ def check_demo(tmp_path, config, extra_args=()):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('config', ['configs/simclr.py:demo', pytest.param(
-    'configs/barlowtwins.py:demo', marks=pytest.mark.heavy)])  # heavy: a second ResNet demo, SimCLR's covers the CLI
-def test_demo_writes_everything(tmp_path, config):
+def test_demo_writes_everything(tmp_path):
+  # (every other method's demo: tests/methods/test_every_method.py, heavy)
+  config = 'configs/simclr.py:demo'
   results, proc = check_demo(tmp_path, config)
-  if config.startswith('configs/simclr.py'):  # --mode=eval: kNN of the latest checkpoint at MMSelfSup's four ks
-    assert proc.stderr == ''  # the README's first command: no library's log lines, no warning
-    proc = run_python(['-m', 'jssl.main', f'--config={config}', f'--workdir={tmp_path}', '--mode=eval', *SHORT])
-    assert proc.stdout.splitlines()[:2] == ['building simclr (resnet18, digits data) ...',
-                                            'evaluating step 12 on the test split ...'] and proc.stderr == ''
-    lines = [l for l in proc.stdout.splitlines() if l.startswith('step 12 | kNN')]
-    assert [l.split('(k=')[1].split(',')[0] for l in lines] == ['10', '20', '100', '200'], proc.stdout
-    assert f'kNN (k=20, T=0.07) top-1 {results["knn_top1"]:.2f}' in lines[1]  # the end-of-run figure again
+  assert proc.stderr == ''  # the README's first command: no library's log lines, no warning
+  # --mode=eval: kNN of the latest checkpoint at MMSelfSup's four ks
+  proc = run_python(['-m', 'jssl.main', f'--config={config}', f'--workdir={tmp_path}', '--mode=eval', *SHORT])
+  assert proc.stdout.splitlines()[:2] == ['building simclr (resnet18, digits data) ...',
+                                          'evaluating step 12 on the test split ...'] and proc.stderr == ''
+  lines = [l for l in proc.stdout.splitlines() if l.startswith('step 12 | kNN')]
+  assert [l.split('(k=')[1].split(',')[0] for l in lines] == ['10', '20', '100', '200'], proc.stdout
+  assert f'kNN (k=20, T=0.07) top-1 {results["knn_top1"]:.2f}' in lines[1]  # the end-of-run figure again
 
 
 @pytest.mark.slow

@@ -86,7 +86,7 @@ def test_finetune_bad_randaugment_policy(tmp_path):
   assert proc.returncode == 2 and len(lines) == 1 and 'config.data.randaugment' in lines[0], proc.stderr[-2000:]
 
 
-@pytest.mark.heavy  # the loop's 8-device/FSDP step stays in CI: tests/train/test_sharding.py (SimCLR, MAE, ...)
+@pytest.mark.heavy  # the loop's 8-device/FSDP step stays in CI: tests/methods/test_every_method.py
 def test_finetune_eight_devices_and_fsdp_match_one_device():
   """Mixup/CutMix pairs each image with its mirror in the batch (across devices), erasing and drop path draw per
   sample, the EMA follows: 1 device = 2 x 4 data x fsdp mesh (random init; no checkpoint needed)."""

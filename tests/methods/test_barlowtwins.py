@@ -8,6 +8,7 @@ import torch
 from configs.barlowtwins import get_config
 from jssl import losses, optim
 from jssl.methods import barlowtwins
+from tests.conftest import apply_overrides
 
 
 def numpy_cross_correlation_loss(z1, z2, lambd):
@@ -98,14 +99,10 @@ def test_lars_excluded_lr_mult_scales_only_bn_and_bias_updates():
 def test_barlowtwins_matches_mmpretrain_loss_and_first_conv_gradient():
   """Same weights and views in mmpretrain 1.2's BarlowTwins (world size 1): loss and the stem conv's gradient."""
   from tests import parity
-  c = get_config('demo')
-  c.backbone.kwargs.num_filters = 8
-  c.model.neck_hid_channels = 16
-  c.model.neck_out_channels = 16
+  c = apply_overrides(get_config('demo'), {'backbone.kwargs.num_filters': 8, 'model.neck_hid_channels': 16,
+                                           'model.neck_out_channels': 16})
   method = barlowtwins.Method(c)
-  rng = np.random.default_rng(0)
-  v1, v2 = (rng.normal(size=(8, 32, 32, 3)).astype(np.float32) for _ in range(2))
-  batch = {'views': (jnp.asarray(v1), jnp.asarray(v2))}
+  (v1, v2), batch = parity.random_views(8)
   params, model_state, method_state = method.init(jax.random.key(0), batch)
   # zero-init residuals would hide the residual branches' gradients: give the last BN scales a value
   params = jax.tree_util.tree_map_with_path(
@@ -122,3 +119,10 @@ def test_barlowtwins_matches_mmpretrain_loss_and_first_conv_gradient():
   # the head's BatchNorm1d (no affine) runs in train mode: its running statistics are never read
   parity.load_backbone_and_neck(ref, params, model_state['batch_stats'], 'resnet18', c.backbone.kwargs, allow_missing=('head.bn.running',))
   parity.assert_loss_and_stem_grad_match(ref, (v1, v2), loss, grads)
+
+
+# tests/methods/test_every_method.py: 1 vs 8 devices, kill-and-resume and the demo, made small by these
+SMALL = {'backbone.kwargs.num_filters': 8, 'model.neck_hid_channels': 32, 'model.neck_out_channels': 32,
+         'data.views.0.size': 16}
+DEVICES = SMALL
+RESUME = {**SMALL, 'batch_size': 64, 'total_steps': 30}

@@ -1,16 +1,12 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 import torch
 
 from configs.byol import get_config
 from jssl import losses
 from jssl.methods import byol
 from tests import parity
-from tests.test_demo import check_demo
-from tests.train.test_resume import assert_resume_exact
-from tests.train.test_sharding import assert_devices_match
 
 SMALL = {'backbone.kwargs.num_filters': 8, 'model.neck_hid_channels': 32, 'model.neck_out_channels': 16,
          'model.pred_hid_channels': 24}
@@ -110,15 +106,6 @@ def test_byol_symmetric_loss_target_copy_and_cosine_momentum_ema():
   assert method.extract(params, new_model_state, v1).shape == (4, 8 * 8)
 
 
-def torch_neck_state(params, stats, num_layers, with_last_bn):
-  out = {}
-  for i in range(num_layers):
-    out.update(parity.dense_state(params[f'fc{i}'], f'fc{i}'))
-    if i < num_layers - 1 or with_last_bn:
-      out.update(parity.bn_state(params.get(f'bn{i}'), stats[f'bn{i}'], f'bn{i}'))
-  return out
-
-
 def mmpretrain_byol(method, params, model_state, base_momentum):
   from mmpretrain.registry import MODELS
   bn = dict(type='BN1d')
@@ -133,8 +120,8 @@ def mmpretrain_byol(method, params, model_state, base_momentum):
   stats = model_state['batch_stats']
   model.backbone.load_state_dict(parity.resnet_state(params['backbone'], stats['backbone'], 'resnet18',
                                                      {'num_filters': 8}))
-  model.neck.load_state_dict(torch_neck_state(params['neck'], stats['neck'], 2, False))
-  model.head.predictor.load_state_dict(torch_neck_state(params['head'], stats['head'], 2, False))
+  model.neck.load_state_dict(parity.nonlinear_neck_state(params['neck'], stats['neck'], prefix=''))
+  model.head.predictor.load_state_dict(parity.nonlinear_neck_state(params['head'], stats['head'], prefix=''))
   model.train()
   return model
 
@@ -163,8 +150,7 @@ def test_byol_loss_gradient_and_target_update_match_mmpretrain():
   ref_target = model.target_net.module.state_dict()
   got_target = {**{f'0.{k}': v for k, v in parity.resnet_state(
       target['params']['backbone'], target['batch_stats']['backbone'], 'resnet18', {'num_filters': 8}).items()},
-      **{f'1.{k}': v for k, v in torch_neck_state(target['params']['neck'], target['batch_stats']['neck'], 2,
-                                                  False).items()}}
+      **parity.nonlinear_neck_state(target['params']['neck'], target['batch_stats']['neck'], prefix='1')}
   means = [name for name in got_target if name.endswith('running_mean')]
   assert len(means) > 20 and '1.bn0.running_mean' in means
   for name in means:
@@ -181,7 +167,8 @@ def test_byol_loss_gradient_and_target_update_match_mmpretrain():
   after = jax.jit(method.after_step)(new_params, method_state, s - 1)['target']['params']
   model.backbone.load_state_dict(parity.resnet_state(new_params['backbone'], model_state['batch_stats']['backbone'],
                                                      'resnet18', {'num_filters': 8}))
-  model.neck.load_state_dict(torch_neck_state(new_params['neck'], model_state['batch_stats']['neck'], 2, False))
+  model.neck.load_state_dict(parity.nonlinear_neck_state(new_params['neck'], model_state['batch_stats']['neck'],
+                                                         prefix=''))
   MessageHub.get_current_instance().update_info('max_iters', total)
   model.target_net.steps.fill_(s)  # a buffer: the number of updates so far
   with torch.no_grad():
@@ -200,17 +187,6 @@ def test_byol_loss_gradient_and_target_update_match_mmpretrain():
   assert 0.01 < np.abs(np.asarray(after['neck']['fc0']['kernel']) - old).max() < np.abs(new - old).max()
 
 
-@pytest.mark.heavy  # MoCo v2's and v3's 8-device tests cover EMA targets across devices
-def test_byol_eight_devices_and_fsdp_match_one_device():
-  assert_devices_match('configs/byol.py:demo', {**SMALL, 'data.views.0.size': 16})
-
-
-@pytest.mark.slow
-@pytest.mark.heavy
-def test_byol_killed_run_resumes_to_identical_params_and_target(tmp_path):
-  assert_resume_exact(tmp_path, 'configs/byol.py:demo', {**SMALL, 'batch_size': 64, 'total_steps': 30})
-
-
-@pytest.mark.heavy  # the CLI end to end stays in CI for SimCLR and MAE (tests/test_demo.py)
-def test_byol_demo(tmp_path):
-  check_demo(tmp_path, 'configs/byol.py:demo')
+# tests/methods/test_every_method.py: 1 vs 8 devices, kill-and-resume and the demo, made small by these
+DEVICES = {**SMALL, 'data.views.0.size': 16}
+RESUME = {**SMALL, 'batch_size': 64, 'total_steps': 30}

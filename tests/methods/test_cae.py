@@ -199,23 +199,8 @@ SMALL = {'backbone.kwargs.embed_dim': 64, 'backbone.kwargs.depth': 2, 'backbone.
          'model.regressor_depth': 1, 'model.decoder_depth': 1, 'model.neck_num_heads': 2}
 
 
-@pytest.mark.slow
-@pytest.mark.heavy  # MoCo v3's 8-device test covers EMA targets in method_state; SimMIM's, on-device masks
-def test_eight_devices_and_fsdp_match_one_device():
-  from tests.train.test_sharding import assert_devices_match
-  out = assert_devices_match('configs/cae.py:demo', SMALL)
-  assert out['one']['method_state_sums']  # teacher and tokenizer compared too
-
-
-@pytest.mark.slow
-@pytest.mark.heavy  # MaskFeat's resume test covers on-device block masks, MoCo v2's an EMA encoder in method_state
-def test_killed_run_resumes_exactly(tmp_path):
-  # the teacher (updated inside the loss), the tokenizer in method_state and the on-device block masks
-  from tests.train.test_resume import assert_resume_exact
-  assert_resume_exact(tmp_path, 'configs/cae.py:demo', {**SMALL, 'batch_size': 64, 'total_steps': 30})
-
-
-@pytest.mark.heavy  # the CLI end to end stays in CI for SimCLR and MAE (tests/test_demo.py)
-def test_demo(tmp_path):
-  from tests.test_demo import check_demo
-  check_demo(tmp_path, 'configs/cae.py:demo')
+# tests/methods/test_every_method.py: 1 vs 8 devices, kill-and-resume and the demo, made small by these
+DEVICES = SMALL
+METHOD_STATE_LEAVES = 1  # the teacher and the tokenizer
+# the teacher (updated inside the loss), the tokenizer in method_state and the on-device block masks
+RESUME = {**SMALL, 'batch_size': 64, 'total_steps': 30}

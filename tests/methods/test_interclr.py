@@ -9,10 +9,7 @@ import pytest
 from configs.interclr import get_config
 from jssl.methods import interclr
 from jssl.models.shuffle_bn import shuffled_group_bn
-from tests.test_demo import check_demo
 from tests.parts.test_memory import numpy_bank_update, unit
-from tests.train.test_resume import assert_resume_exact
-from tests.train.test_sharding import assert_devices_match
 
 SMALL = {'backbone.kwargs.num_filters': 8, 'model.neck_hid_channels': 16, 'model.neck_out_channels': 8,
          'model.queue_len': 64, 'model.num_clusters': 6, 'model.neg_num': 16, 'model.neg_pool': 40,
@@ -162,20 +159,7 @@ def test_config_is_the_reference_recipe():
     small_method(num_records=3).init(jax.random.key(0), {'views': (jnp.zeros((2, 16, 16, 3)),) * 2})
 
 
-@pytest.mark.slow
-@pytest.mark.heavy  # ODC's 8-device test covers a memory bank and its clustering, MoCo v2's the queue and key encoder
-def test_interclr_eight_devices_match_one_device():
-  out = assert_devices_match('configs/interclr.py:demo', SMALL)
-  # target params + BN stats, queue, ptr, bank, labels, centroids all compared
-  assert len(out['one']['method_state_sums']) > 5
-
-
-@pytest.mark.slow
-@pytest.mark.heavy  # MoCo v2's resume test covers method-state arrays (queue, key encoder) as the bank here
-def test_interclr_resumes_exactly(tmp_path):
-  assert_resume_exact(tmp_path, 'configs/interclr.py:demo', {**SMALL, 'batch_size': 64, 'total_steps': 30})
-
-
-@pytest.mark.heavy  # the CLI end to end stays in CI for SimCLR and MAE (tests/test_demo.py)
-def test_interclr_demo(tmp_path):
-  check_demo(tmp_path, 'configs/interclr.py:demo')
+# tests/methods/test_every_method.py: 1 vs 8 devices, kill-and-resume and the demo, made small by these
+DEVICES = SMALL
+METHOD_STATE_LEAVES = 6  # target params and BN statistics, queue, pointer, bank, labels, centroids
+RESUME = {**SMALL, 'batch_size': 64, 'total_steps': 30}

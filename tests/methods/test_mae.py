@@ -81,3 +81,11 @@ def test_decoder_attention_head_chunks_must_divide_heads():
   with pytest.raises(ValueError, match=r'^config.model.decoder_attention_head_chunks=3 must divide '
                                        r'config.model.decoder_num_heads=2$'):
     mae.Method(c)
+
+
+# tests/methods/test_every_method.py: 1 vs 8 devices, kill-and-resume and the demo, made small by these
+# remat on, as in the ViT-L/H configs: its backward (jssl/models/layers.py remat_call) is checked sharded too
+DEVICES = {'backbone.kwargs.depth': 2, 'backbone.kwargs.img_size': 16, 'data.views.0.size': 16,
+           'model.decoder_embed_dim': 32, 'model.decoder_depth': 1, 'model.decoder_num_heads': 2, 'remat': True}
+DEVICE_MESHES = ('dp8', 'fsdp')
+RESUME = {**DEVICES, 'remat': False, 'batch_size': 64, 'total_steps': 30}

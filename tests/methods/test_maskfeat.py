@@ -169,26 +169,10 @@ def test_extract_features():
     np.testing.assert_allclose(method.extract(params, model_state, x), expected, rtol=1e-6)
 
 
-@pytest.mark.slow
-@pytest.mark.heavy  # MAE's 8-device FSDP case (tests/train/test_sharding.py) covers a ViT; SimMIM's, masks drawn
-def test_eight_devices_and_fsdp_match_one_device():  # on device from the step's rng
-  from tests.train.test_sharding import assert_devices_match
-  assert_devices_match('configs/maskfeat.py:demo', {
-      'backbone.kwargs.depth': 2,  # 192 wide, as MAE's case: big enough for the fsdp mesh to shard
-      'backbone.kwargs.img_size': 16, 'backbone.kwargs.patch_size': 4, 'data.views.0.size': 16,
-      'model.hog_pool': 2, 'model.hog_window': 8, 'model.num_masking_patches': 6, 'model.min_num_patches': 2})
-
-
-@pytest.mark.heavy  # masks come from the step's key as every RNG draw; resume exactness stays in CI (MoCo v2, 3 kills)
-def test_killed_run_resumes_exactly(tmp_path):  # block masks from the step's rng
-  from tests.train.test_resume import assert_resume_exact
-  assert_resume_exact(tmp_path, 'configs/maskfeat.py:demo', {
-      'backbone.kwargs.depth': 2, 'backbone.kwargs.embed_dim': 32, 'backbone.kwargs.num_heads': 2,
-      'backbone.kwargs.img_size': 16, 'backbone.kwargs.patch_size': 4, 'data.views.0.size': 16,
-      'model.hog_pool': 2, 'model.hog_window': 8, 'model.num_masking_patches': 6, 'model.min_num_patches': 2, 'batch_size': 64, 'total_steps': 30})
-
-
-@pytest.mark.heavy  # the CLI end to end stays in CI for SimCLR and MAE (tests/test_demo.py)
-def test_demo(tmp_path):
-  from tests.test_demo import check_demo
-  check_demo(tmp_path, 'configs/maskfeat.py:demo')
+# tests/methods/test_every_method.py: 1 vs 8 devices, kill-and-resume and the demo, made small by these
+SMALL = {'backbone.kwargs.img_size': 16, 'backbone.kwargs.patch_size': 4, 'data.views.0.size': 16,
+         'model.hog_pool': 2, 'model.hog_window': 8, 'model.num_masking_patches': 6, 'model.min_num_patches': 2}
+DEVICES = {**SMALL, 'backbone.kwargs.depth': 2}  # 192 wide, as MAE's case: big enough for the fsdp mesh to shard
+# block masks from the step's rng
+RESUME = {**SMALL, 'backbone.kwargs.depth': 2, 'backbone.kwargs.embed_dim': 32, 'backbone.kwargs.num_heads': 2,
+          'batch_size': 64, 'total_steps': 30}

@@ -165,19 +165,12 @@ SMALL = {'backbone.kwargs.num_filters': 8, 'model.neck_hid_channels': 32, 'model
          'model.queue_len': 64, 'model.shuffle_bn_groups': 4, 'data.views.0.size': 16}
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize('config', ['configs/mocov2.py:demo',
-                                    # MoCo v1 runs the same code with a LinearNeck: a per-method repeat
-                                    pytest.param('configs/mocov1.py:demo', marks=pytest.mark.heavy)])
-def test_eight_devices_match_one_device(config):
-  # shuffle-BN groups come from a permutation of the global batch, not from devices: 4 groups of 4 on 1 device,
-  # on 8 devices and on the 2 x 4 fsdp mesh
-  from tests.train.test_sharding import assert_devices_match
-  assert_devices_match(config, SMALL)
-
-
-@pytest.mark.heavy  # the CLI end to end stays in CI for SimCLR and MAE (tests/test_demo.py)
-@pytest.mark.parametrize('config', ['configs/mocov2.py:demo', 'configs/mocov1.py:demo'])
-def test_demo(tmp_path, config):
-  from tests.test_demo import check_demo
-  check_demo(tmp_path, config)
+# tests/methods/test_every_method.py: 1 vs 8 devices, kill-and-resume and the demo, made small by these
+# shuffle-BN groups come from a permutation of the global batch, not from devices: 4 groups of 4 on 1 device, on
+# 8 devices and on the 2 x 4 fsdp mesh
+DEVICES = SMALL
+# a queue with its pointer and an EMA key encoder besides params, optimizer and BN state. Batch 64 is 22 steps per
+# epoch of digits. Killed after step 5 (just after the step-4 checkpoint), 11 (just before the step-12 one) and 23
+# (past the epoch boundary at 22: the run resumes at 20 and crosses it again).
+RESUME = {**SMALL, 'data.views.0.size': 32, 'batch_size': 64, 'total_steps': 30}
+RESUME_KILL_AT = (5, 11, 23)

@@ -1,6 +1,5 @@
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
@@ -247,24 +246,10 @@ SMALL = {'backbone.kwargs.embed_dim': 32, 'backbone.kwargs.depth': 2, 'backbone.
          'model.neck_hid_channels': 128, 'model.neck_out_channels': 16, 'model.pred_hid_channels': 32}
 
 
-@pytest.mark.heavy  # EMA targets on 8 devices / FSDP stay in CI through MoCo v2's test
-def test_eight_devices_and_fsdp_match_one_device():
-  from tests.train.test_sharding import assert_devices_match
-  # The keys' bias in attention and the final norm's bias get an exactly-zero gradient (softmax and the projector's
-  # BN are invariant to them): AdamW (eps 1e-8) turns their round-off noise into +-lr steps that differ between
-  # meshes. eps 1e-3 keeps those noise steps negligible and still compares real AdamW updates.
-  out = assert_devices_match('configs/mocov3.py:demo', {**SMALL, 'optimizer.eps': 1e-3})
-  assert out['one']['method_state_sums']  # the momentum encoder is compared too
-
-
-@pytest.mark.slow
-@pytest.mark.heavy
-def test_killed_run_resumes_exactly(tmp_path):
-  from tests.train.test_resume import assert_resume_exact
-  assert_resume_exact(tmp_path, 'configs/mocov3.py:demo', {**SMALL, 'batch_size': 64, 'total_steps': 30})
-
-
-@pytest.mark.heavy  # the CLI end to end stays in CI for SimCLR and MAE (tests/test_demo.py)
-def test_demo(tmp_path):
-  from tests.test_demo import check_demo
-  check_demo(tmp_path, 'configs/mocov3.py:demo')
+# tests/methods/test_every_method.py: 1 vs 8 devices, kill-and-resume and the demo, made small by these
+# The keys' bias in attention and the final norm's bias get an exactly-zero gradient (softmax and the projector's
+# BN are invariant to them): AdamW (eps 1e-8) turns their round-off noise into +-lr steps that differ between
+# meshes. eps 1e-3 keeps those noise steps negligible and still compares real AdamW updates.
+DEVICES = {**SMALL, 'optimizer.eps': 1e-3}
+METHOD_STATE_LEAVES = 1  # the momentum encoder
+RESUME = {**SMALL, 'batch_size': 64, 'total_steps': 30}

@@ -8,11 +8,7 @@ import pytest
 
 from configs.npid import get_config
 from jssl.methods import npid
-from jssl.parts import memory
-from tests.test_demo import check_demo
-from tests.train.test_resume import assert_resume_exact
 from tests.parts.test_memory import numpy_bank_update
-from tests.train.test_sharding import assert_devices_match
 
 # the reference's lr 0.03: at the demo's 0.3, two SGD steps with gradients scaled by 1/T amplify the float32
 # round-off of the 8-device reductions past the harness's 1e-4 on small BN parameters
@@ -100,19 +96,8 @@ def test_config_is_the_reference_recipe():
     get_config('nope')
 
 
-@pytest.mark.heavy  # InterCLR's 8-device test covers the same memory bank across devices
-def test_npid_eight_devices_match_one_device():
-  out = assert_devices_match('configs/npid.py:demo', SMALL)
-  assert len(out['one']['method_state_sums']) == 1  # the bank is compared
-
-
-@pytest.mark.slow
-@pytest.mark.heavy  # MoCo v2's resume test covers method-state arrays (its queue) restored exactly, as the bank here
-def test_npid_resumes_exactly(tmp_path):
-  # batch 64: 22 steps per epoch of digits, so the 30-step run crosses an epoch boundary
-  assert_resume_exact(tmp_path, 'configs/npid.py:demo', {**SMALL, 'batch_size': 64, 'total_steps': 30})
-
-
-@pytest.mark.heavy  # the CLI end to end stays in CI for SimCLR and MAE (tests/test_demo.py)
-def test_npid_demo(tmp_path):
-  check_demo(tmp_path, 'configs/npid.py:demo')
+# tests/methods/test_every_method.py: 1 vs 8 devices, kill-and-resume and the demo, made small by these
+DEVICES = SMALL
+METHOD_STATE_LEAVES = 1  # the bank
+# batch 64: 22 steps per epoch of digits, so the 30-step run crosses an epoch boundary
+RESUME = {**SMALL, 'batch_size': 64, 'total_steps': 30}

@@ -5,8 +5,6 @@ import pytest
 
 from configs.rotation_pred import get_config
 from jssl.methods import rotation_pred
-from tests.test_demo import check_demo
-from tests.train.test_sharding import assert_devices_match
 
 torch = pytest.importorskip('torch')
 
@@ -99,11 +97,6 @@ def test_config_recipe_and_unknown_variant():
     get_config('nope')
 
 
-@pytest.mark.heavy  # a plain classification step: the generic 1-vs-8-device cases (SimCLR, Barlow Twins, MAE) cover it
-def test_eight_devices_match_one_device():
-  assert_devices_match('configs/rotation_pred.py:demo', {**SMALL, 'data.views.0.size': 16})
-
-
-@pytest.mark.heavy  # the CLI end to end stays in CI for SimCLR and MAE (tests/test_demo.py)
-def test_demo(tmp_path):
-  check_demo(tmp_path, 'configs/rotation_pred.py:demo')
+# tests/methods/test_every_method.py: 1 vs 8 devices, kill-and-resume and the demo, made small by these
+DEVICES = {**SMALL, 'data.views.0.size': 16}
+RESUME = {**SMALL, 'data.views.0.size': 16, 'batch_size': 64, 'total_steps': 30}

@@ -5,17 +5,14 @@ import numpy as np
 from configs.simclr import get_config
 from jssl import losses
 from jssl.methods import simclr
+from tests import parity
+from tests.conftest import apply_overrides
 
 
 def test_simclr_loss_is_nt_xent_of_projections_and_bn_spans_both_views():
-  c = get_config('demo')
-  c.backbone.kwargs.num_filters = 8
-  c.model.neck_hid_channels = 16
-  c.model.neck_out_channels = 8
-  method = simclr.Method(c)
-  rng = np.random.default_rng(0)
-  v1 = jnp.asarray(rng.normal(size=(4, 32, 32, 3)), jnp.float32)
-  v2 = jnp.asarray(rng.normal(size=(4, 32, 32, 3)), jnp.float32)
+  method = simclr.Method(apply_overrides(get_config('demo'), {**SMALL, 'model.neck_hid_channels': 16,
+                                                               'model.neck_out_channels': 8}))
+  v1, v2 = parity.random_views(4)[1]['views']
   params, model_state, method_state = jax.jit(method.init)(jax.random.key(0), {'views': (v1, v2)})
   loss, (metrics, new_model_state, _) = jax.jit(method.loss)(params, model_state, method_state, {'views': (v1, v2)},
                                                     jax.random.key(1), 0)
@@ -34,15 +31,9 @@ def test_simclr_loss_is_nt_xent_of_projections_and_bn_spans_both_views():
 
 def test_simclr_matches_mmpretrain_loss_and_first_conv_gradient():
   """Same weights and views in mmpretrain 1.2's SimCLR (world size 1): loss and the gradient of the stem conv."""
-  from tests import parity
-  c = get_config('demo')
-  c.backbone.kwargs.num_filters = 8
-  c.model.neck_hid_channels = 32
-  c.model.neck_out_channels = 16
+  c = apply_overrides(get_config('demo'), SMALL)
   method = simclr.Method(c)
-  rng = np.random.default_rng(0)
-  v1, v2 = (rng.normal(size=(6, 32, 32, 3)).astype(np.float32) for _ in range(2))
-  batch = {'views': (jnp.asarray(v1), jnp.asarray(v2))}
+  (v1, v2), batch = parity.random_views(6)
   params, model_state, method_state = method.init(jax.random.key(0), batch)
   loss_fn = lambda p: method.loss(p, model_state, method_state, batch, jax.random.key(1), 0)[0]
   loss, grads = jax.value_and_grad(loss_fn)(params)
@@ -54,3 +45,10 @@ def test_simclr_matches_mmpretrain_loss_and_first_conv_gradient():
       head=dict(type='ContrastiveHead', loss=dict(type='CrossEntropyLoss'), temperature=0.1)))
   parity.load_backbone_and_neck(ref, params, model_state['batch_stats'], 'resnet18', c.backbone.kwargs)
   parity.assert_loss_and_stem_grad_match(ref, (v1, v2), loss, grads)
+
+
+# tests/methods/test_every_method.py: 1 vs 8 devices, kill-and-resume and the demo, made small by these
+SMALL = {'backbone.kwargs.num_filters': 8, 'model.neck_hid_channels': 32, 'model.neck_out_channels': 16}
+DEVICES = SMALL
+# batch 64: 22 steps per epoch of digits, so the 30-step run crosses an epoch boundary
+RESUME = {**SMALL, 'batch_size': 64, 'total_steps': 30}

@@ -202,20 +202,6 @@ SMALL = {'backbone.kwargs.embed_dim': 32, 'backbone.kwargs.depths': [1, 1], 'bac
          'data.views.0.size': 16}
 
 
-@pytest.mark.slow
-def test_eight_devices_and_fsdp_match_one_device():
-  from tests.train.test_sharding import assert_devices_match
-  assert_devices_match('configs/simmim.py:demo', SMALL)
-
-
-@pytest.mark.slow
-@pytest.mark.heavy  # MaskFeat's resume test covers masks drawn from the step's key, MoCo v2's the generic state
-def test_killed_run_resumes_exactly(tmp_path):
-  from tests.train.test_resume import assert_resume_exact
-  assert_resume_exact(tmp_path, 'configs/simmim.py:demo', {**SMALL, 'batch_size': 32, 'total_steps': 20})
-
-
-@pytest.mark.heavy  # the CLI end to end stays in CI for SimCLR and MAE (tests/test_demo.py)
-def test_demo(tmp_path):
-  from tests.test_demo import check_demo
-  check_demo(tmp_path, 'configs/simmim.py:demo')
+# tests/methods/test_every_method.py: 1 vs 8 devices, kill-and-resume and the demo, made small by these
+DEVICES = SMALL
+RESUME = {**SMALL, 'batch_size': 32, 'total_steps': 20}

@@ -1,15 +1,11 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from configs.simsiam import get_config
 from jssl import losses, optim
 from jssl.methods import simsiam
 from tests import parity
-from tests.test_demo import check_demo
-from tests.train.test_resume import assert_resume_exact
-from tests.train.test_sharding import assert_devices_match
 
 SMALL = {'backbone.kwargs.num_filters': 8, 'model.neck_hid_channels': 32, 'model.neck_out_channels': 32,
          'model.pred_hid_channels': 16}
@@ -78,15 +74,6 @@ def test_simsiam_loss_and_predictor_lr_stays_fixed_while_backbone_lr_decays():
   assert lr < base  # the backbone's lr has decayed by the second step
 
 
-def torch_neck_state(params, stats, num_layers, with_last_bn):
-  out = {}
-  for i in range(num_layers):
-    out.update(parity.dense_state(params[f'fc{i}'], f'fc{i}'))
-    if i < num_layers - 1 or with_last_bn:
-      out.update(parity.bn_state(params.get(f'bn{i}'), stats[f'bn{i}'], f'bn{i}'))
-  return out
-
-
 def test_simsiam_loss_and_gradient_match_mmpretrain():
   """Same weights, same views: mmpretrain's SimSiam loss and first-conv gradient."""
   from mmpretrain.registry import MODELS
@@ -116,8 +103,8 @@ def test_simsiam_loss_and_gradient_match_mmpretrain():
   stats = model_state['batch_stats']
   model.backbone.load_state_dict(parity.resnet_state(params['backbone'], stats['backbone'], 'resnet18',
                                                      {'num_filters': 8}))
-  model.neck.load_state_dict(torch_neck_state(params['neck'], stats['neck'], 3, True))
-  model.head.predictor.load_state_dict(torch_neck_state(params['head'], stats['head'], 2, False))
+  model.neck.load_state_dict(parity.nonlinear_neck_state(params['neck'], stats['neck'], prefix=''))
+  model.head.predictor.load_state_dict(parity.nonlinear_neck_state(params['head'], stats['head'], prefix=''))
   model.train()
   ref = model.loss([parity.nhwc_to_torch(v1), parity.nhwc_to_torch(v2)], [])['loss']
   ref.backward()
@@ -131,17 +118,6 @@ def test_simsiam_loss_and_gradient_match_mmpretrain():
                              rtol=1e-3, atol=1e-6)
 
 
-@pytest.mark.heavy  # nothing crosses devices but BN and the gradient: SimCLR's generic case covers them
-def test_simsiam_eight_devices_and_fsdp_match_one_device():
-  assert_devices_match('configs/simsiam.py:demo', {**SMALL, 'data.views.0.size': 16})
-
-
-@pytest.mark.slow
-@pytest.mark.heavy
-def test_simsiam_killed_run_resumes_to_identical_params(tmp_path):
-  assert_resume_exact(tmp_path, 'configs/simsiam.py:demo', {**SMALL, 'batch_size': 64, 'total_steps': 30})
-
-
-@pytest.mark.heavy  # the CLI end to end stays in CI for SimCLR and MAE (tests/test_demo.py)
-def test_simsiam_demo(tmp_path):
-  check_demo(tmp_path, 'configs/simsiam.py:demo')
+# tests/methods/test_every_method.py: 1 vs 8 devices, kill-and-resume and the demo, made small by these
+DEVICES = {**SMALL, 'data.views.0.size': 16}
+RESUME = {**SMALL, 'batch_size': 64, 'total_steps': 30}

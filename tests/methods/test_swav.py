@@ -11,9 +11,6 @@ from jssl.methods import swav
 from jssl.train.loop import Trainer
 from tests import parity
 from tests.conftest import apply_overrides
-from tests.test_demo import check_demo
-from tests.train.test_resume import assert_resume_exact
-from tests.train.test_sharding import assert_devices_match
 
 SMALL = {'backbone.kwargs.num_filters': 8, 'model.neck_hid_channels': 32, 'model.neck_out_channels': 16,
          'model.num_prototypes': 10}
@@ -192,32 +189,19 @@ def test_frozen_prototypes_do_not_move_under_lars():
   assert np.abs(np.asarray(updates['prototypes']['kernel'])).max() > 1e-5
 
 
-@pytest.mark.slow
-@pytest.mark.heavy  # SimCLR's 8-device test covers losses over the global batch (Sinkhorn is one), MoCo v2's a queue
-def test_eight_devices_and_fsdp_match_one_device():
-  # queue from step 0, one batch long: written at step 1, used at step 2; prototypes frozen for step 1 only
-  assert_devices_match('configs/swav.py:demo', {**SMALL, 'data.views.0.size': 16, 'data.views.1.size': 8,
-                                                'model.queue_length': 16, 'model.epoch_queue_starts': 0,
-                                                'model.freeze_prototypes_iters': 1})
-
-
-@pytest.mark.heavy  # MoCo v2's resume test covers a queue; test_queue_starts_at_its_epoch SwAV's own schedule
-def test_killed_run_resumes_to_identical_params(tmp_path):
-  # batch 64 on digits: 22 steps per epoch; the queue starts at epoch 0 and fills in 2 steps, prototypes
-  # unfreeze at step 20: all of it crosses the kill at step 15 and the resume
-  assert_resume_exact(tmp_path, 'configs/swav.py:demo', {
-      **SMALL, 'data.views.0.size': 16, 'data.views.1.size': 8, 'model.queue_length': 128,
-      'model.epoch_queue_starts': 0, 'model.freeze_prototypes_iters': 20, 'batch_size': 64, 'total_steps': 24})
-
-
-@pytest.mark.heavy  # the CLI end to end stays in CI for SimCLR and MAE (tests/test_demo.py)
-def test_demo(tmp_path):
-  check_demo(tmp_path, 'configs/swav.py:demo')
-
-
 def test_unknown_variant_is_one_line_error():
   with pytest.raises(ValueError, match="unknown variant 'x'; valid: demo"):
     get_config('x')
   c = get_config()
   assert c.model.queue_length == 3840 and c.model.num_prototypes == 3000 and c.optimizer.lr == 0.6
   assert [v['num'] for v in c.data.views] == [2, 6] and [v['size'] for v in c.data.views] == [224, 96]
+
+
+# tests/methods/test_every_method.py: 1 vs 8 devices, kill-and-resume and the demo, made small by these
+# queue from step 0, one batch long: written at step 1, used at step 2; prototypes frozen for step 1 only
+DEVICES = {**SMALL, 'data.views.0.size': 16, 'data.views.1.size': 8, 'model.queue_length': 16,
+           'model.epoch_queue_starts': 0, 'model.freeze_prototypes_iters': 1}
+# batch 64 on digits: 22 steps per epoch; the queue starts at epoch 0 and fills in 2 steps, prototypes unfreeze at
+# step 20: all of it crosses the kill at step 15 and the resume
+RESUME = {**SMALL, 'data.views.0.size': 16, 'data.views.1.size': 8, 'model.queue_length': 128,
+          'model.epoch_queue_starts': 0, 'model.freeze_prototypes_iters': 20, 'batch_size': 64, 'total_steps': 24}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_python
-from tests.train.test_sharding import CASES
+from tests.methods import test_mae, test_simclr
 
 SCRIPT = r'''
 import json, sys
@@ -61,9 +61,9 @@ def state_bytes_per_device(leaves, fsdp):
 
 @pytest.mark.slow
 @pytest.mark.parametrize('method', ['mae', pytest.param('simclr', marks=pytest.mark.heavy)])  # a ViT and a ResNet
-# (heavy: the ResNet; the rule is the same code, and its FSDP step is checked in CI by test_sharding.py)
+# (heavy: the ResNet; the rule is the same code, and its FSDP step is checked in CI by tests/methods/test_every_method.py)
 def test_fsdp_divides_state_memory_per_device(method):
-  config_path, overrides = CASES[method]
+  config_path, overrides = f'configs/{method}.py:demo', {'mae': test_mae, 'simclr': test_simclr}[method].DEVICES
   # the demos' widths, so that large leaves hold most of the state as in real models
   overrides = {**overrides, **WIDER[method]}
   proc = run_python(['-c', SCRIPT, config_path, json.dumps(overrides)], devices=8)

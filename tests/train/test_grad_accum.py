@@ -13,14 +13,14 @@ from jssl.config import load_config_file
 from jssl.data.loader import to_global
 from jssl.train.loop import Trainer, steps_for
 from tests.conftest import apply_overrides
-from tests.train.test_sharding import CASES
+from tests.methods.test_mae import DEVICES as MAE_SMALL
 
 BATCH = 8
 
 
 def mae_config(accum):
-  c = load_config_file(CASES['mae'][0])
-  apply_overrides(c, {**CASES['mae'][1], 'backbone.kwargs.depth': 1})
+  c = load_config_file('configs/mae.py:demo')
+  apply_overrides(c, {**MAE_SMALL, 'backbone.kwargs.depth': 1})
   # SGD with momentum and weight decay: the update is linear in the gradient (Adam's first steps are about
   # sign(g), blind to the scale of a wrong mean); a warmup makes the lr differ between optimizer steps
   c.optimizer.update({'name': 'sgd', 'lr': 0.5, 'momentum': 0.9, 'weight_decay': 1e-2, 'grad_accum_steps': accum})

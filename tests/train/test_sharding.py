@@ -2,11 +2,11 @@
 subprocess): a 2 x 4 data x fsdp mesh with the batch over all 8 devices and sharded parameters, and for SimCLR
 also 8 data-parallel devices with replicated parameters.
 
-Each method's own test file calls `assert_devices_match(config, overrides)` (the FSDP mesh)."""
+tests/methods/test_every_method.py calls `assert_devices_match(config, overrides)` for every method of the registry,
+with the overrides its test file gives; the evaluators' tests call it too."""
 import json
 
 import numpy as np
-import pytest
 
 from tests.conftest import run_python
 
@@ -54,19 +54,6 @@ print('RESULT' + json.dumps(out))
 '''
 
 
-# config, overrides that make it small. One entry per method.
-CASES = {
-    'barlowtwins': ('configs/barlowtwins.py:demo', {'backbone.kwargs.num_filters': 8, 'model.neck_hid_channels': 32,
-                                                    'model.neck_out_channels': 32, 'data.views.0.size': 16}),
-    'simclr': ('configs/simclr.py:demo', {'backbone.kwargs.num_filters': 8, 'model.neck_hid_channels': 32,
-                                          'model.neck_out_channels': 16}),
-    # remat on, as in the ViT-L/H configs: its backward (jssl/models/layers.py remat_call) is checked sharded too
-    'mae': ('configs/mae.py:demo', {'backbone.kwargs.depth': 2, 'backbone.kwargs.img_size': 16,
-                                    'data.views.0.size': 16, 'model.decoder_embed_dim': 32,
-                                    'model.decoder_depth': 1, 'model.decoder_num_heads': 2, 'remat': True}),
-}
-
-
 def assert_devices_match(config_path, overrides, meshes=('fsdp',)):
   """Two steps of `config_path` (with `overrides`, dotted keys) on 1 device and on 8 devices give the same losses,
   gradient norms, params and method state. 'fsdp' is a 2 x 4 data x fsdp mesh: the batch is split over all 8
@@ -89,16 +76,3 @@ def assert_devices_match(config_path, overrides, meshes=('fsdp',)):
     for a, b in zip(got['method_state'], ref['method_state']):
       np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5, err_msg=name + ' method_state')
   return out
-
-
-# Barlow Twins' batch-wide cross-correlation crosses devices the way SimCLR's all-gathered negatives do
-HEAVY_CASES = ('barlowtwins',)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize('method', [pytest.param(m, marks=pytest.mark.heavy) if m in HEAVY_CASES else m
-                                    for m in sorted(CASES)])
-def test_eight_devices_and_fsdp_match_one_device(method):
-  # plain 8-way data parallelism (replicated parameters) once, for MAE (ResNet's 8-device compile is the slow one);
-  # the 2 x 4 FSDP mesh for all
-  assert_devices_match(*CASES[method], meshes=('dp8', 'fsdp') if method == 'mae' else ('fsdp',))
