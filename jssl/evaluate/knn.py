@@ -97,6 +97,17 @@ def make_extractor(extract_fn, normalize, mesh):
                  out_shardings=sharding.replicated(mesh))
 
 
+def _host_batches(source, transform, batch_size, num_threads):
+  """(this host's record ids [batch_size / hosts], their transformed records) of every global batch of `source`,
+  in order: host p reads the p-th share of each batch; ids past the end are the last record's (padding, ids >= n)."""
+  n, procs, proc = len(source), jax.process_count(), jax.process_index()
+  per_host = batch_size // procs
+  with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
+    for start in range(0, n, batch_size):
+      want = np.arange(start + proc * per_host, start + (proc + 1) * per_host)
+      yield want, list(pool.map(lambda i: transform.map(source[int(min(i, n - 1))]), want))
+
+
 def extract_features(extractor, variables, source, transform, batch_size, mesh, num_threads=4):
   """Features and labels of every record of `source`, in order, by `extractor` (from `make_extractor`); the
   features are an array or a pytree of arrays (e.g. {stage: [N, D]}), as `extractor` returns them.
@@ -104,22 +115,16 @@ def extract_features(extractor, variables, source, transform, batch_size, mesh, 
   Each host reads the records of its share of every global batch, and the last batch is padded (and the
   padding dropped).
   """
-  n = len(source)
-  procs, proc = jax.process_count(), jax.process_index()
-  per_host = batch_size // procs
-  in_sharding = sharding.batch_sharding(mesh)
+  n, in_sharding = len(source), sharding.batch_sharding(mesh)
   feats, labels = [], []
-  with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
-    for start in range(0, n, batch_size):
-      ids = [min(i, n - 1) for i in range(start + proc * per_host, start + (proc + 1) * per_host)]
-      records = list(pool.map(lambda i: transform.map(source[i]), ids))
-      images = np.stack([r['image'] for r in records])
-      local_labels = np.array([r['label'] for r in records], np.int32)
-      out_feats, out_labels = extractor(variables, jax.make_array_from_process_local_data(in_sharding, images),
-                                        jax.make_array_from_process_local_data(in_sharding, local_labels))
-      count = min(batch_size, n - start)
-      feats.append(jax.tree.map(lambda f: np.asarray(f)[:count], out_feats))
-      labels.append(np.asarray(out_labels)[:count])
+  for start, (_, records) in zip(range(0, n, batch_size), _host_batches(source, transform, batch_size, num_threads)):
+    images = np.stack([r['image'] for r in records])
+    local_labels = np.array([r['label'] for r in records], np.int32)
+    out_feats, out_labels = extractor(variables, jax.make_array_from_process_local_data(in_sharding, images),
+                                      jax.make_array_from_process_local_data(in_sharding, local_labels))
+    count = min(batch_size, n - start)
+    feats.append(jax.tree.map(lambda f: np.asarray(f)[:count], out_feats))
+    labels.append(np.asarray(out_labels)[:count])
   return jax.tree.map(lambda *f: np.concatenate(f), *feats), np.concatenate(labels)
 
 
@@ -132,18 +137,12 @@ def extract_sharded(extract_fn, source, transform, batch_size, mesh, num_threads
   Unlike `extract_features` nothing is gathered across hosts: each host copies out the rows its devices computed
   (M / hosts rows, not the whole set) and they go back to the same devices. The row order is host-major (host 0's
   rows of every batch, then host 1's...)."""
-  n = len(source)
-  procs, proc = jax.process_count(), jax.process_index()
-  per_host = batch_size // procs
-  in_sharding = sharding.batch_sharding(mesh)
+  n, in_sharding = len(source), sharding.batch_sharding(mesh)
   feats, ids = [], []
-  with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
-    for start in range(0, n, batch_size):
-      want = np.arange(start + proc * per_host, start + (proc + 1) * per_host)
-      records = list(pool.map(lambda i: transform.map(source[int(min(i, n - 1))]), want))
-      out = extract_fn(jax.make_array_from_process_local_data(in_sharding, np.stack([r['image'] for r in records])))
-      shards = sorted(out.addressable_shards, key=lambda s: s.index[0].start or 0)
-      feats.append(np.concatenate([np.asarray(s.data) for s in shards]))
-      ids.append(np.where(want < n, [r['index'] for r in records], -1))
+  for want, records in _host_batches(source, transform, batch_size, num_threads):
+    out = extract_fn(jax.make_array_from_process_local_data(in_sharding, np.stack([r['image'] for r in records])))
+    shards = sorted(out.addressable_shards, key=lambda s: s.index[0].start or 0)
+    feats.append(np.concatenate([np.asarray(s.data) for s in shards]))
+    ids.append(np.where(want < n, [r['index'] for r in records], -1))
   return (jax.make_array_from_process_local_data(in_sharding, np.concatenate(feats)),
           jax.make_array_from_process_local_data(in_sharding, np.concatenate(ids).astype(np.int32)))

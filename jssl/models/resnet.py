@@ -59,8 +59,8 @@ def shortcut(x, features, stride, avg_down, train, dtype):
   return batch_norm(train, dtype, 'downsample_bn')(x)
 
 
-class BasicBlock(nn.Module):
-  """Two 3x3 convs; used by ResNet-18/34."""
+class ResidualBlock(nn.Module):
+  """What both block kinds take (torchvision's BasicBlock / Bottleneck arguments) and their shortcut sum."""
   features: int
   stride: int = 1
   zero_init_residual: bool = False
@@ -70,52 +70,46 @@ class BasicBlock(nn.Module):
   dtype: Dtype = jnp.float32
   expansion = 1
 
+  def residual(self, x, y, train):
+    """relu(x + y), x through the downsampling shortcut where the block changes its stride or width."""
+    out_features = self.features * self.expansion
+    if self.stride != 1 or x.shape[-1] != out_features:
+      x = shortcut(x, out_features, self.stride, self.avg_down, train, self.dtype)
+    return nn.relu(x + y)
+
+
+class BasicBlock(ResidualBlock):
+  """Two 3x3 convs; used by ResNet-18/34."""
+
   @nn.compact
   def __call__(self, x, train: bool = False):
     if self.groups != 1 or self.width_per_group != 64:
       raise ValueError('BasicBlock supports only groups=1, width_per_group=64 '
                        f'(got groups={self.groups}, '
                        f'width_per_group={self.width_per_group})')
-    out_features = self.features * self.expansion
     y = conv(self.features, 3, self.stride, self.dtype, 'conv1')(x)
     y = nn.relu(batch_norm(train, self.dtype, 'bn1')(y))
     y = conv(self.features, 3, 1, self.dtype, 'conv2')(y)
-    y = batch_norm(train, self.dtype, 'bn2', self.zero_init_residual)(y)
-    if self.stride != 1 or x.shape[-1] != out_features:
-      x = shortcut(x, out_features, self.stride, self.avg_down, train,
-                   self.dtype)
-    return nn.relu(x + y)
+    return self.residual(x, batch_norm(train, self.dtype, 'bn2', self.zero_init_residual)(y), train)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(ResidualBlock):
   """1x1 reduce, 3x3 (strided, grouped for ResNeXt), 1x1 expand x4.
 
   Used by ResNet-50/101/152 and ResNeXt; the inner width is torchvision's
   int(features * width_per_group / 64) * groups.
   """
-  features: int
-  stride: int = 1
-  zero_init_residual: bool = False
-  groups: int = 1
-  width_per_group: int = 64
-  avg_down: bool = False
-  dtype: Dtype = jnp.float32
   expansion = 4
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    out_features = self.features * self.expansion
     width = int(self.features * (self.width_per_group / 64.)) * self.groups
     y = conv(width, 1, 1, self.dtype, 'conv1')(x)
     y = nn.relu(batch_norm(train, self.dtype, 'bn1')(y))
     y = conv(width, 3, self.stride, self.dtype, 'conv2', self.groups)(y)
     y = nn.relu(batch_norm(train, self.dtype, 'bn2')(y))
-    y = conv(out_features, 1, 1, self.dtype, 'conv3')(y)
-    y = batch_norm(train, self.dtype, 'bn3', self.zero_init_residual)(y)
-    if self.stride != 1 or x.shape[-1] != out_features:
-      x = shortcut(x, out_features, self.stride, self.avg_down, train,
-                   self.dtype)
-    return nn.relu(x + y)
+    y = conv(self.features * self.expansion, 1, 1, self.dtype, 'conv3')(y)
+    return self.residual(x, batch_norm(train, self.dtype, 'bn3', self.zero_init_residual)(y), train)
 
 
 # mmpretrain's ResNet.get_layer_depth: (blocks per layer id in stage 2, in stage 3) by the depths of stages 2 and 3

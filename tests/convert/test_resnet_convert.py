@@ -13,6 +13,7 @@ import numpy as np
 from jssl.convert import resnet as convert
 from jssl.convert.errors import ConversionError
 from jssl.models import build_backbone
+from tests.parity import assert_close, assert_trees_equal, load_into, randomize_bn, torch_state
 
 ALL_OUTPUTS = (0, 1, 2, 3, 4)
 
@@ -39,20 +40,6 @@ def random_variables(template, seed=0):
       lambda p, s: leaf(p, s).astype(np.float32), template)
 
 
-def randomize_bn(torch_model, seed=0):
-  gen = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for m in torch_model.modules():
-      if isinstance(m, torch.nn.BatchNorm2d):
-        n = m.num_features
-        m.weight.copy_(1 + 0.2 * torch.randn(n, generator=gen))
-        m.bias.copy_(0.2 * torch.randn(n, generator=gen))
-        m.running_mean.copy_(0.2 * torch.randn(n, generator=gen))
-        m.running_var.copy_(0.5 + torch.rand(n, generator=gen))
-  torch_model.eval()  # mmpretrain's train() returns None, so no chaining
-  return torch_model
-
-
 def torchvision_model(name):
   torch.manual_seed(0)
   model = getattr(torchvision.models, name)(weights=None)
@@ -76,26 +63,6 @@ def mmpretrain_features(m, x):
   """Stages 1..4 of an mmpretrain ResNet built with out_indices=(0,1,2,3)."""
   with torch.no_grad():
     return [o.numpy().transpose(0, 2, 3, 1) for o in m(torch.from_numpy(x))]
-
-
-def torch_state(model):
-  return {k: v.numpy() for k, v in model.state_dict().items()}
-
-
-def load_into(torch_model, state_dict):
-  torch_model.load_state_dict(
-      {k: torch.from_numpy(v) for k, v in state_dict.items()}, strict=True)
-
-
-def assert_close(actual, expected, rtol=1e-4):
-  expected = np.asarray(expected)
-  err = np.max(np.abs(np.asarray(actual) - expected))
-  assert err <= rtol * np.max(np.abs(expected)), (err, np.abs(expected).max())
-
-
-def assert_trees_equal(a, b):
-  assert jax.tree.structure(a) == jax.tree.structure(b)
-  jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
 def check_parity(name, fmt, make_torch, torch_features, size=64,

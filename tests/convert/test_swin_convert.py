@@ -13,6 +13,7 @@ from jssl.convert.errors import ConversionError
 from jssl.convert.swin import (FORMATS, from_torch, merge_permutation,
                                resize_rel_pos_table, to_torch)
 from jssl.models.swin import SwinTransformer
+from tests.parity import assert_close, assert_trees_equal, images, load_into, torch_state
 
 # 8x8 -> 4x4 maps, window 4: shifted+masked stage 0, one-window stage 1, and
 # one patch merging between them (the channel order that differs).
@@ -67,40 +68,12 @@ def randomize(torch_model, seed=0):
   return torch_model
 
 
-def torch_state(torch_model):
-  return {k: v.numpy() for k, v in torch_model.state_dict().items()}
-
-
-def load_into(torch_model, state_dict):
-  torch_model.load_state_dict(
-      {k: torch.from_numpy(v) for k, v in state_dict.items()}, strict=True)
-
-
-def images(size=32):
-  x = np.random.RandomState(0).randn(2, 3, size, size).astype(np.float32)
-  return x, jnp.asarray(x.transpose(0, 2, 3, 1))
-
-
 def torch_features(torch_model, x):
   """NHWC features of the last stage, normed."""
   with torch.no_grad():
     if hasattr(torch_model, 'forward_features'):  # timm, NHWC already
       return torch_model.forward_features(torch.from_numpy(x)).numpy()
     return torch_model(torch.from_numpy(x))[-1].numpy().transpose(0, 2, 3, 1)
-
-
-def assert_close(actual, expected, rtol=1e-4):
-  expected = np.asarray(expected)
-  err = np.max(np.abs(np.asarray(actual) - expected))
-  assert err <= rtol * np.max(np.abs(expected)), (err, np.abs(expected).max())
-
-
-def assert_trees_equal(a, b):
-  flat_a = traverse_util.flatten_dict(a)
-  flat_b = traverse_util.flatten_dict(b)
-  assert flat_a.keys() == flat_b.keys()
-  for key in flat_a:
-    np.testing.assert_array_equal(flat_a[key], flat_b[key], err_msg=str(key))
 
 
 @pytest.fixture(scope='module')

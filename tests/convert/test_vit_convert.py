@@ -15,6 +15,7 @@ from jssl.convert import vit as convert
 from jssl.convert.errors import ConversionError
 from jssl.models import build_backbone
 from jssl.models.layers import get_2d_sincos_pos_embed
+from tests.parity import assert_close, assert_trees_equal, images, load_into, torch_state
 
 SMALL = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4)
 MM_ARCH = dict(embed_dims=64, num_layers=2, num_heads=4,
@@ -55,31 +56,6 @@ def timm_beit(**kwargs):
       img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4,
       num_classes=0, use_abs_pos_emb=False, use_rel_pos_bias=True,
       init_values=0.1, **kwargs))
-
-
-def torch_state(model):
-  return {k: v.numpy() for k, v in model.state_dict().items()}
-
-
-def load_into(torch_model, state_dict):
-  torch_model.load_state_dict(
-      {k: torch.from_numpy(v) for k, v in state_dict.items()}, strict=True)
-
-
-def images(size=32):
-  x = np.random.RandomState(0).randn(2, 3, size, size).astype(np.float32)
-  return x, jnp.asarray(x.transpose(0, 2, 3, 1))
-
-
-def assert_close(actual, expected, rtol=1e-4):
-  expected = np.asarray(expected)
-  err = np.max(np.abs(np.asarray(actual) - expected))
-  assert err <= rtol * np.max(np.abs(expected)), (err, np.abs(expected).max())
-
-
-def assert_trees_equal(a, b):
-  assert jax.tree.structure(a) == jax.tree.structure(b)
-  jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
 def check_parity(arch, fmt, make_torch, torch_forward):

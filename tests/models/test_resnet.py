@@ -10,6 +10,7 @@ import numpy as np
 
 from jssl.models import backbone_feature_dim, build_backbone
 from jssl.models.resnet import BasicBlock, Bottleneck, ResNet
+from tests.parity import assert_close, randomize_bn
 
 
 def torch_to_flax(torch_model):
@@ -38,19 +39,6 @@ def torch_to_flax(torch_model):
   return {'params': params, 'batch_stats': batch_stats}
 
 
-def randomize_bn(torch_model, seed=0):
-  """Non-trivial BN affine params and running stats so BN is really tested."""
-  gen = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for m in torch_model.modules():
-      if isinstance(m, torch.nn.BatchNorm2d):
-        n = m.num_features
-        m.weight.copy_(1 + 0.2 * torch.randn(n, generator=gen))
-        m.bias.copy_(0.2 * torch.randn(n, generator=gen))
-        m.running_mean.copy_(0.2 * torch.randn(n, generator=gen))
-        m.running_var.copy_(0.5 + torch.rand(n, generator=gen))
-
-
 def torch_features(m, x):
   """Outputs 0 (stem, before max-pool) .. 4 of a torchvision ResNet."""
   x = m.relu(m.bn1(m.conv1(x)))
@@ -60,12 +48,6 @@ def torch_features(m, x):
     x = layer(x)
     outs.append(x)
   return outs
-
-
-def assert_close(actual, expected, rtol=1e-4):
-  expected = np.asarray(expected)
-  err = np.max(np.abs(np.asarray(actual, np.float32) - expected))
-  assert err <= rtol * np.max(np.abs(expected)), (err, np.abs(expected).max())
 
 
 def build_pair(name, seed):
@@ -109,8 +91,11 @@ def test_matches_torchvision(name, channels):
   apply_train = jax.jit(
       lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']))
   outs, new_state = apply_train(variables, x_nhwc)
+  # Batch statistics of 4 images: the last stage normalizes each channel over 16 values, and dividing by their small
+  # spread amplifies the convolutions' float32 round-off, which depends on the CPU (CI's read 1.1e-4 of the largest
+  # activation for ResNet-50, this machine's less); statistics of the wrong axes or a missing update are off by O(1)
   for out, exp in zip(outs, expected):
-    assert_close(out, exp.numpy().transpose(0, 2, 3, 1))
+    assert_close(out, exp.numpy().transpose(0, 2, 3, 1), rtol=5e-4)
   # momentum 0.9 (flax) == momentum 0.1 (torch) for the running mean.
   assert_close(new_state['batch_stats']['layer4_1']['bn2']['mean'],
                torch_model.layer4[1].bn2.running_mean.numpy(), rtol=1e-5)

@@ -11,6 +11,7 @@ import numpy as np
 from jssl.convert import swin as swin_convert
 from jssl.models import build_backbone
 from jssl.models.swin import SwinTransformer, shifted_window_mask
+from tests.parity import assert_close
 
 # 32 px / patch 4 = 8x8 -> 4x4: stage 0 has 4 windows and shifts (masked),
 # stage 1's map equals the window, so it is one window without shift.
@@ -46,12 +47,6 @@ def load_timm(model, torch_model):
 def random_images(batch=2, size=32, seed=0):
   x = np.random.RandomState(seed).randn(batch, 3, size, size).astype(np.float32)
   return x, jnp.asarray(x.transpose(0, 2, 3, 1))
-
-
-def assert_close(actual, expected, rtol=1e-4):
-  expected = np.asarray(expected)
-  err = np.max(np.abs(np.asarray(actual, np.float32) - expected))
-  assert err <= rtol * np.max(np.abs(expected)), (err, np.abs(expected).max())
 
 
 @pytest.mark.parametrize('config', [SMALL, WINDOW6, PADDED],

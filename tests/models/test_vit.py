@@ -11,6 +11,7 @@ import numpy as np
 from jssl.models import build_backbone, backbone_feature_dim
 from jssl.models.layers import DropPath, get_2d_sincos_pos_embed
 from jssl.models.vit import VisionTransformer
+from tests.parity import assert_close
 
 CONFIG = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4)
 
@@ -48,12 +49,6 @@ def timm_to_flax(torch_model):
 def random_images(batch=2, size=32, seed=0):
   x = np.random.RandomState(seed).randn(batch, 3, size, size).astype(np.float32)
   return x, jnp.asarray(x.transpose(0, 2, 3, 1))
-
-
-def assert_close(actual, expected, rtol=1e-4):
-  expected = np.asarray(expected)
-  err = np.max(np.abs(np.asarray(actual) - expected))
-  assert err <= rtol * np.max(np.abs(expected)), (err, np.abs(expected).max())
 
 
 def assert_same_structure(model, variables, x):
