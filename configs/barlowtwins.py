@@ -27,11 +27,7 @@ VARIANTS = ('demo',)
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, __file__, VARIANTS)
-  c = base_config()
-  c.method = 'barlowtwins'
-  c.batch_size = 2048
-  c.epochs = 300
-  c.backbone.name = 'resnet50'
+  c = base_config('barlowtwins', 'resnet50', batch_size=2048, epochs=300)
   c.backbone.kwargs.zero_init_residual = True
   c.model.update({'lambd': 0.0051, 'neck_hid_channels': 8192, 'neck_out_channels': 8192, 'neck_num_layers': 3})
   c.optimizer = common.lars(lr=1.6, weight_decay=1e-6, excluded_lr_mult=0.024)

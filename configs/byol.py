@@ -24,11 +24,7 @@ VARIANTS = ('demo',)
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, __file__, VARIANTS)
-  c = base_config()
-  c.method = 'byol'
-  c.batch_size = 4096
-  c.epochs = 200
-  c.backbone.name = 'resnet50'
+  c = base_config('byol', 'resnet50', batch_size=4096, epochs=200)
   c.model.update({'neck_hid_channels': 4096, 'neck_out_channels': 256, 'pred_hid_channels': 4096,
                   'base_momentum': 0.99})
   c.optimizer = common.lars(lr=4.8, weight_decay=1e-6)

@@ -32,11 +32,7 @@ VARIANTS = ('demo',)
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, __file__, VARIANTS)
-  c = base_config()
-  c.method = 'cae'
-  c.batch_size = 2048
-  c.epochs = 300
-  c.backbone.name = 'vit_base'
+  c = base_config('cae', 'vit_base', batch_size=2048, epochs=300)
   c.backbone.kwargs.update({'patch_size': 16, 'img_size': 224, 'pos_embed': 'sincos', 'qkv_bias': 'qv',
                             'layer_scale_init': 0.1})
   c.model.tokenizer_path = ''      # the DALL-E encoder's weights: .npz (python -m jssl.convert.dalle) or .pth

@@ -25,11 +25,7 @@ VARIANTS = ('demo',)
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, __file__, VARIANTS)
-  c = base_config()
-  c.method = 'deepcluster'
-  c.batch_size = 512
-  c.epochs = 200
-  c.backbone.name = 'resnet50'
+  c = base_config('deepcluster', 'resnet50', batch_size=512, epochs=200)
   c.backbone.kwargs.in_channels = 2       # the Sobel filter's two gradient maps
   c.model.update({'with_sobel': True, 'num_clusters': 10000, 'pca_dim': 256})
   c.model.kmeans_iterations = 20           # faiss Clustering's niter, as the reference sets it

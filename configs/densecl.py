@@ -27,11 +27,7 @@ VARIANTS = ('demo',)
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, __file__, VARIANTS)
-  c = base_config()
-  c.method = 'densecl'
-  c.batch_size = 256
-  c.epochs = 200
-  c.backbone.name = 'resnet50'
+  c = base_config('densecl', 'resnet50', batch_size=256, epochs=200)
   c.model.update({'neck_hid_channels': 2048, 'neck_out_channels': 128})
   c.model.num_grid = 0                # 0: the dense branch runs on the full last feature map (7x7 at 224)
   c.model.update({'temperature': 0.2, 'queue_len': 65536, 'momentum': 0.999, 'loss_lambda': 0.5})

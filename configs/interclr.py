@@ -24,11 +24,7 @@ VARIANTS = ('demo',)
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, __file__, VARIANTS)
-  c = base_config()
-  c.method = 'interclr'
-  c.batch_size = 256
-  c.epochs = 200
-  c.backbone.name = 'resnet50'
+  c = base_config('interclr', 'resnet50', batch_size=256, epochs=200)
   m = c.model
   m.update({'neck_hid_channels': 2048, 'neck_out_channels': 128, 'temperature': 0.2})
   # intra-image branch (MoCo v2)

@@ -27,11 +27,7 @@ VARIANTS = ('demo', 'vit_h', 'vit_l')
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, __file__, VARIANTS)
-  c = base_config()
-  c.method = 'mae'
-  c.batch_size = 4096
-  c.epochs = 400
-  c.backbone.name = 'vit_base'
+  c = base_config('mae', 'vit_base', batch_size=4096, epochs=400)
   c.backbone.kwargs.update({'patch_size': 16, 'img_size': 224, 'pos_embed': 'sincos'})
   c.model.update({'mask_ratio': 0.75, 'norm_pix': True, 'decoder_embed_dim': 512, 'decoder_depth': 8,
                   'decoder_num_heads': 16})

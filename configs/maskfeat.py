@@ -26,12 +26,8 @@ VARIANTS = ('demo',)
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, __file__, VARIANTS)
-  c = base_config()
-  c.method = 'maskfeat'
-  c.batch_size = 2048
-  c.epochs = 300
+  c = base_config('maskfeat', 'vit_base', batch_size=2048, epochs=300)
   c.dtype = 'bfloat16'
-  c.backbone.name = 'vit_base'
   c.backbone.kwargs.update({'img_size': 224, 'patch_size': 16, 'pos_embed': 'learned'})
   c.model.num_masking_patches = 78  # of the 14 x 14 patches
   c.model.update({'min_num_patches': 15, 'hog_nbins': 9})

@@ -21,11 +21,7 @@ VARIANTS = ('demo',)
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, __file__, VARIANTS)
-  c = base_config()
-  c.method = 'mocov2'
-  c.batch_size = 256
-  c.epochs = 200
-  c.backbone.name = 'resnet50'
+  c = base_config('mocov2', 'resnet50', batch_size=256, epochs=200)
   c.model.update({'neck': 'mocov2', 'neck_hid_channels': 2048, 'neck_out_channels': 128, 'temperature': 0.2})
   c.model.update({'queue_len': 65536, 'momentum': 0.999, 'shuffle_bn_groups': 8})
   c.optimizer = common.sgd(lr=0.03, weight_decay=1e-4)

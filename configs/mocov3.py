@@ -46,12 +46,8 @@ def mocov3_data(size, scale, blur_kernel, digits=False):
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, __file__, VARIANTS)
-  c = base_config()
-  c.method = 'mocov3'
-  c.batch_size = 4096
-  c.epochs = 300
+  c = base_config('mocov3', 'vit_base', batch_size=4096, epochs=300)
   c.dtype = 'bfloat16'
-  c.backbone.name = 'vit_base'
   c.backbone.kwargs.update({'img_size': 224, 'patch_size': 16, 'pos_embed': 'sincos', 'output': 'cls',
                             'frozen_patch_embed': True})
   c.model.temperature = 0.2

@@ -21,11 +21,7 @@ VARIANTS = ('demo',)
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, __file__, VARIANTS)
-  c = base_config()
-  c.method = 'npid'
-  c.batch_size = 256
-  c.epochs = 200
-  c.backbone.name = 'resnet50'
+  c = base_config('npid', 'resnet50', batch_size=256, epochs=200)
   c.model.update({'neck_out_channels': 128, 'temperature': 0.07, 'neg_num': 65536})
   c.model.memory_momentum = 0.5     # weight of the new feature: row <- normalize(0.5 row + 0.5 feature)
   c.model.ensure_neg = False        # the reference's default: a negative may be the image itself

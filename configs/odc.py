@@ -23,11 +23,7 @@ VARIANTS = ('demo',)
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, __file__, VARIANTS)
-  c = base_config()
-  c.method = 'odc'
-  c.batch_size = 512
-  c.epochs = 440
-  c.backbone.name = 'resnet50'
+  c = base_config('odc', 'resnet50', batch_size=512, epochs=440)
   c.model.update({'with_sobel': False, 'neck_hid_channels': 512, 'neck_out_channels': 256, 'num_clusters': 10000})
   c.model.update({'memory_momentum': 0.5, 'min_cluster': 20, 'centroids_update_interval': 10,
                   'small_clusters_interval': 1})

@@ -21,11 +21,8 @@ VARIANTS = ('demo',)
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, __file__, VARIANTS)
-  c = base_config()
-  c.method = 'relative_loc'
-  c.batch_size = 512                # images; the loss sees 8 pairs per image
-  c.epochs = 70
-  c.backbone.name = 'resnet50'
+  # batch: images; the loss sees 8 pairs per image
+  c = base_config('relative_loc', 'resnet50', batch_size=512, epochs=70)
   c.model.patch_size = 64             # cells are view_size // 3 = 85 px: a jitter of up to 21 px
   c.model.update({'neck_out_channels': 4096, 'neck_dropout': 0.5, 'head_init_std': 0.005})
   c.optimizer = common.sgd(lr=0.2, weight_decay=1e-4, decay_mult={'neck': 5., 'head': 5.})

@@ -19,11 +19,8 @@ VARIANTS = ('demo',)
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, __file__, VARIANTS)
-  c = base_config()
-  c.method = 'rotation_pred'
-  c.batch_size = 128                # images; the loss sees 4x as many samples
-  c.epochs = 70
-  c.backbone.name = 'resnet50'
+  # batch: images; the loss sees 4x as many samples
+  c = base_config('rotation_pred', 'resnet50', batch_size=128, epochs=70)
   c.model.head_init_std = 0.01
   c.optimizer = common.sgd(lr=0.2, weight_decay=1e-4)  # no paramwise_cfg
   c.schedule.update({'name': 'step', 'warmup_epochs': 5., 'warmup_start_factor': 0.1, 'milestones': (30, 50),

@@ -20,11 +20,7 @@ VARIANTS = ('demo',)
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, __file__, VARIANTS)
-  c = base_config()
-  c.method = 'simclr'
-  c.batch_size = 256
-  c.epochs = 200
-  c.backbone.name = 'resnet50'
+  c = base_config('simclr', 'resnet50', batch_size=256, epochs=200)
   c.model.update({'temperature': 0.1, 'neck_hid_channels': 2048, 'neck_out_channels': 128, 'neck_num_layers': 2})
   c.optimizer = common.lars(lr=0.3, weight_decay=1e-6)
   c.schedule.update({'name': 'cosine', 'warmup_epochs': 10., 'warmup_start_factor': 1e-4, 'min_lr': 0.})

@@ -30,12 +30,8 @@ VARIANTS = ('800e', 'demo', 'swin_l')
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, __file__, VARIANTS)
-  c = base_config()
-  c.method = 'simmim'
-  c.batch_size = 2048
-  c.epochs = 100
+  c = base_config('simmim', 'swin_base', batch_size=2048, epochs=100)
   c.dtype = 'bfloat16'              # the reference's AMP
-  c.backbone.name = 'swin_base'
   c.backbone.kwargs.update({'img_size': 192, 'patch_size': 4, 'window_size': 6, 'drop_path_rate': 0.1})
   c.model.update({'mask_patch_size': 32, 'mask_ratio': 0.6})
   # norms and biases (the 1-d params) are excluded from decay as well

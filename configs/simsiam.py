@@ -21,11 +21,7 @@ VARIANTS = ('demo',)
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, __file__, VARIANTS)
-  c = base_config()
-  c.method = 'simsiam'
-  c.batch_size = 256
-  c.epochs = 100
-  c.backbone.name = 'resnet50'
+  c = base_config('simsiam', 'resnet50', batch_size=256, epochs=100)
   c.backbone.kwargs.zero_init_residual = True
   c.model.update({'neck_hid_channels': 2048, 'neck_out_channels': 2048, 'pred_hid_channels': 512})
   c.optimizer = common.sgd(lr=0.05 * c.batch_size / 256, weight_decay=1e-4, fixed_lr_names=('head',))  # predictor

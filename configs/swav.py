@@ -25,11 +25,7 @@ VARIANTS = ('demo',)
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, __file__, VARIANTS)
-  c = base_config()
-  c.method = 'swav'
-  c.batch_size = 256
-  c.epochs = 200
-  c.backbone.name = 'resnet50'
+  c = base_config('swav', 'resnet50', batch_size=256, epochs=200)
   c.backbone.kwargs.zero_init_residual = True
   c.model.update({'neck_hid_channels': 2048, 'neck_out_channels': 128, 'num_prototypes': 3000, 'temperature': 0.1})
   c.model.update({'epsilon': 0.05, 'sinkhorn_iterations': 3, 'crops_for_assign': (0, 1)})

@@ -10,12 +10,14 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def base_config() -> ml_collections.ConfigDict:
+def base_config(method='', backbone='', batch_size=256, epochs=200) -> ml_collections.ConfigDict:
+  """Every field a config has, at its default; a method config starts from
+  `base_config('<method>', '<backbone>', batch_size=..., epochs=...)`."""
   c = ml_collections.ConfigDict()
-  c.method = ''
+  c.method = method
   c.seed = 0
-  c.batch_size = 256                  # global batch over all hosts and devices
-  c.epochs = 200
+  c.batch_size = batch_size           # global batch over all hosts and devices
+  c.epochs = epochs
   c.total_steps = 0                   # > 0 overrides epochs
   c.dtype = 'float32'                 # compute dtype: float32 | bfloat16 (params stay float32)
   c.remat = False                     # rematerialize transformer blocks (memory for compute)
@@ -44,7 +46,7 @@ def base_config() -> ml_collections.ConfigDict:
       # a linear probe on kNN's features (standardized, SGD, cosine lr)
       'quick_linear': {'every': 0, 'every_epochs': 0, 'at_end': False, 'epochs': 100, 'lr': 0.1},
   })
-  c.backbone = ml_collections.ConfigDict({'name': '', 'kwargs': ml_collections.ConfigDict()})
+  c.backbone = ml_collections.ConfigDict({'name': backbone, 'kwargs': ml_collections.ConfigDict()})
   # start a fresh run from imported weights: a directory written by `python -m jssl.convert FILE DIR --backbone=…`
   # strict: every backbone leaf must be in it (False: load the shared leaves, keep the others' init; fine-tuning)
   # random_init: only the architecture of init.backbone, its weights left out (an evaluator's random-init baseline)

@@ -162,3 +162,13 @@ def random_views(batch, size=32, seed=0, num=2):
   rng = np.random.default_rng(seed)
   views = tuple(rng.normal(size=(batch, size, size, 3)).astype(np.float32) for _ in range(num))
   return views, {'views': tuple(jnp.asarray(v) for v in views)}
+
+
+def load_online_network(model, params, batch_stats, backbone_kwargs):
+  """BYOL's / SimSiam's online network (a ResNet-18, its NonLinearNeck projector, the head's predictor) into the
+  mmpretrain model, which is left in train mode."""
+  model.backbone.load_state_dict(resnet_state(params['backbone'], batch_stats['backbone'], 'resnet18',
+                                              backbone_kwargs))
+  model.neck.load_state_dict(nonlinear_neck_state(params['neck'], batch_stats['neck'], prefix=''))
+  model.head.predictor.load_state_dict(nonlinear_neck_state(params['head'], batch_stats['head'], prefix=''))
+  model.train()

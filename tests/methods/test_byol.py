@@ -117,12 +117,7 @@ def mmpretrain_byol(method, params, model_state, base_momentum):
                 predictor=dict(type='NonLinearNeck', in_channels=8, hid_channels=12, out_channels=8, with_bias=True,
                                with_last_bn=False, with_avg_pool=False, norm_cfg=bn)),
       base_momentum=1 - base_momentum))  # mmpretrain's momentum is the online weight, 1 - m
-  stats = model_state['batch_stats']
-  model.backbone.load_state_dict(parity.resnet_state(params['backbone'], stats['backbone'], 'resnet18',
-                                                     {'num_filters': 8}))
-  model.neck.load_state_dict(parity.nonlinear_neck_state(params['neck'], stats['neck'], prefix=''))
-  model.head.predictor.load_state_dict(parity.nonlinear_neck_state(params['head'], stats['head'], prefix=''))
-  model.train()
+  parity.load_online_network(model, params, model_state['batch_stats'], {'num_filters': 8})
   return model
 
 

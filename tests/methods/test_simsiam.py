@@ -100,12 +100,7 @@ def test_simsiam_loss_and_gradient_match_mmpretrain():
       head=dict(type='LatentPredictHead', loss=dict(type='CosineSimilarityLoss'),
                 predictor=dict(type='NonLinearNeck', in_channels=16, hid_channels=8, out_channels=16,
                                with_avg_pool=False, with_last_bn=False, with_last_bias=True, norm_cfg=bn))))
-  stats = model_state['batch_stats']
-  model.backbone.load_state_dict(parity.resnet_state(params['backbone'], stats['backbone'], 'resnet18',
-                                                     {'num_filters': 8}))
-  model.neck.load_state_dict(parity.nonlinear_neck_state(params['neck'], stats['neck'], prefix=''))
-  model.head.predictor.load_state_dict(parity.nonlinear_neck_state(params['head'], stats['head'], prefix=''))
-  model.train()
+  parity.load_online_network(model, params, model_state['batch_stats'], {'num_filters': 8})
   ref = model.loss([parity.nhwc_to_torch(v1), parity.nhwc_to_torch(v2)], [])['loss']
   ref.backward()
   np.testing.assert_allclose(float(loss), ref.item(), rtol=1e-4, atol=1e-5)
