@@ -7,6 +7,7 @@ A method's test file, tests/methods/test_<name>.py, says how to make its `:demo`
     DEVICES                overrides for the 1-vs-8-device steps (batch 16)
     DEVICE_MESHES          optional: the meshes compared (default ('fsdp',); 'dp8': 8-way data parallelism)
     METHOD_STATE_LEAVES    optional: at least this many method-state leaves (EMA targets, queues, banks) compared
+    METHOD_STATE_ATOL      optional: their elementwise atol (default 1e-5)
     RESUME                 overrides for kill-and-resume, with batch_size and total_steps
     RESUME_KILL_AT         optional: the steps killed after (default (15,))
 
@@ -79,7 +80,8 @@ def test_every_pretraining_method_is_covered():
 def test_eight_devices_match_one_device(method):
   module = small(method, 'DEVICES')
   out = assert_devices_match(f'configs/{method}.py:demo', module.DEVICES,
-                             meshes=getattr(module, 'DEVICE_MESHES', ('fsdp',)))
+                             meshes=getattr(module, 'DEVICE_MESHES', ('fsdp',)),
+                             method_state_atol=getattr(module, 'METHOD_STATE_ATOL', 1e-5))
   assert len(out['one']['method_state_sums']) >= getattr(module, 'METHOD_STATE_LEAVES', 0)
 
 
