@@ -18,6 +18,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from jssl import pretrained
 from jssl.config import ConfigError
@@ -98,7 +99,6 @@ class Features:
     variables, e = self.variables(state), self.config.eval
     return sum((knn.extract_features(self._extractor[1], variables, self.trainer.source(split), eval_transform(e),
                                      e.batch_size, self.trainer.mesh) for split in ('train', 'val')), ())
-
 
   def training_set(self, state, extract_fn):
     """Features of the whole training set under `state`, for the clustering methods' epoch-level work:
@@ -306,7 +306,8 @@ def evaluate_checkpoint(trainer, state, step):
     result = Classifier(trainer, {}).accuracy(state)
     lines = [f'step {step} | {name} top-1 {r["top1"]:.2f} top-5 {r["top5"]:.2f}' for name, r in result.items()]
   else:
-    lines = Knn(trainer, trainer.config.evals.get('knn', {'k': 20, 't': 0.07})).at_ks(ctx)
+    settings = trainer.config.evals.get('knn') or ml_collections.ConfigDict({'k': 20, 't': 0.07})
+    lines = Knn(trainer, settings).at_ks(ctx)
   if jax.process_index() == 0:
     print('\n'.join(lines), flush=True)
 
