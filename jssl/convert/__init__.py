@@ -4,7 +4,9 @@ official MAE / MoCo v3, detectron2).
     export_workdir('runs/simclr', 'r18.pth', 'torchvision')                 # backbone only
     export_workdir('runs/simclr', 'full.pth', 'mmpretrain', whole_model=True)
     variables = import_backbone('resnet18.pth', 'resnet18', 'torchvision')   # {'params', 'batch_stats'}
+    variables = import_backbone(torch_model.state_dict(), 'resnet18', 'torchvision')  # the same, in memory
     state = jssl.pretrained.replace_backbone(state, variables)              # start fine-tuning from them
+    state_dict = to_state_dict(variables, 'resnet18', 'torchvision')        # and back: {name: numpy array}
 
 The backbone's names and layouts come from the per-family key maps (jssl/convert/{resnet,vit,swin}.py:
 `to_torch`, strict `from_torch`); this module finds the backbone in a file (io.backbone_state_dict lists the
@@ -15,6 +17,7 @@ imported backbone directories and published files is jssl/pretrained.py's.
 import importlib
 import json
 import os
+from collections.abc import Mapping
 
 import ml_collections  # jax is imported by the functions that use it: `python -m jssl.convert --help` starts fast
 import numpy as np
@@ -104,7 +107,7 @@ def export_workdir(workdir: str, dst: str, fmt: str, step: int | None = None, wh
   from jssl import pretrained
   config = pretrained.load_config(workdir)
   name = config.backbone.name
-  family = check_format(name, fmt)
+  check_format(name, fmt)
   file_type = io.file_type_of(dst, file_format)
   io.check_destination(dst, directory=False)  # all that can be told without the checkpoint: before loading it
   io.check_modules(dst, file_type, reading=False)
@@ -113,8 +116,7 @@ def export_workdir(workdir: str, dst: str, fmt: str, step: int | None = None, wh
     variables = pretrained.backbone_variables(state)
   else:  # the backbone's arrays alone
     _, variables, step = pretrained.load_workdir_backbone(workdir, step)
-  arch = arch_of(name, config.backbone.get('kwargs', ml_collections.ConfigDict()).to_dict())
-  state_dict = family.to_torch(variables, fmt, arch)
+  state_dict = to_state_dict(variables, name, fmt, config.backbone.get('kwargs', ml_collections.ConfigDict()).to_dict())
   extra = whole_model_extras(state) if whole_model else None
   meta = {'source': 'jssl', 'workdir': os.path.abspath(workdir), 'step': int(step), 'method': config.method,
           'backbone': name}
@@ -122,14 +124,22 @@ def export_workdir(workdir: str, dst: str, fmt: str, step: int | None = None, wh
   return {'step': int(step), 'num_tensors': len(state_dict) + len(extra or {})}
 
 
+def to_state_dict(variables, backbone_name: str, fmt: str, backbone_kwargs=None) -> dict:
+  """A backbone's variables ({'params', ['batch_stats']}) as {name: numpy array} in `fmt`'s names and layouts, in
+  memory (what export_workdir writes; `torch_model.load_state_dict({k: torch.from_numpy(v) ...})` takes it)."""
+  family = check_format(backbone_name, fmt)
+  return family.to_torch(variables, fmt, arch_of(backbone_name, dict(backbone_kwargs or {})))
+
+
 # --- importing released weights ---------------------------------------------------------------------------------
-def import_backbone(src: str, backbone_name: str, fmt: str, backbone_kwargs=None,
+def import_backbone(src, backbone_name: str, fmt: str, backbone_kwargs=None,
                     interpolate_pos_embed: bool = False, return_ignored: bool = False):
-  """Backbone variables ({'params', ['batch_stats']}) of a PyTorch/safetensors/detectron2 file; `fmt` says whose
-  names it uses. Keys that are not the backbone's are ignored (io.IGNORED); a key the architecture lacks or
-  needs but the file misses is an error, as is a sin-cos ViT whose file holds the other table layout than
-  `backbone_kwargs` say (import_backbone_file takes it from the file). `return_ignored`: also return the ignored
-  names."""
+  """Backbone variables ({'params', ['batch_stats']}) of a PyTorch/safetensors/detectron2 file, or of a state dict
+  in memory (`src` a mapping of names to torch tensors or numpy arrays, or a loaded checkpoint holding one under
+  'state_dict' / 'model'); `fmt` says whose names it uses. Keys that are not the backbone's are ignored
+  (io.IGNORED); a key the architecture lacks or needs but the file misses is an error, as is a sin-cos ViT whose file
+  holds the other table layout than `backbone_kwargs` say (import_backbone_file takes it from the file).
+  `return_ignored`: also return the ignored names."""
   result = _import(src, backbone_name, fmt, backbone_kwargs, interpolate_pos_embed, take_from_file=False)
   return (result['variables'], result['ignored']) if return_ignored else result['variables']
 
@@ -149,7 +159,11 @@ def _import(src, backbone_name, fmt, backbone_kwargs, interpolate_pos_embed, tak
   family = check_format(backbone_name, fmt)
   kwargs = dict(backbone_kwargs or {})
   template = backbone_template(backbone_name, kwargs)  # unknown backbone / bad kwargs: before reading the file
-  state_dict, ignored = io.backbone_state_dict(io.read_checkpoint(src), fmt, src)
+  if isinstance(src, Mapping):
+    where, content = 'the state dict', io.to_numpy(dict(src))
+  else:
+    where, content = src, io.read_checkpoint(src)
+  state_dict, ignored = io.backbone_state_dict(content, fmt, where)
   notes = []
   if hasattr(family, 'checkpoint_kwargs'):
     found, note = family.checkpoint_kwargs(state_dict, fmt, arch_of(backbone_name, kwargs))
@@ -165,7 +179,8 @@ def _import(src, backbone_name, fmt, backbone_kwargs, interpolate_pos_embed, tak
   try:
     variables = family.from_torch(state_dict, fmt, template, arch)
   except ConversionError as e:
-    raise ConversionError(f'{src}: {e}{kwargs_hint(family, state_dict, fmt, backbone_name, kwargs, str(e))}') from None
+    hint = kwargs_hint(family, state_dict, fmt, backbone_name, kwargs, str(e))
+    raise ConversionError(f'{where}: {e}{hint}') from None
   variables = jax.tree.map(np.asarray, dict(variables))
   return {'variables': variables, 'ignored': ignored, 'kwargs': kwargs, 'notes': notes}
 

@@ -86,13 +86,14 @@ def check_destination(dst: str, directory: bool):
 
 # --- reading ----------------------------------------------------------------------------------------------------
 def to_numpy(tree):
-  """Torch tensors (any dtype, bfloat16 included) -> float/int numpy arrays, recursively through dicts."""
-  import torch
-  if isinstance(tree, torch.Tensor):
-    t = tree.detach().cpu()
-    return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+  """Torch tensors (any dtype, bfloat16 included) -> float/int numpy arrays, recursively through dicts (torch is
+  imported only where there is a tensor: a dict of numpy arrays needs no PyTorch)."""
   if isinstance(tree, dict):
     return {k: to_numpy(v) for k, v in tree.items()}
+  if type(tree).__module__.split('.')[0] == 'torch':
+    import torch
+    t = tree.detach().cpu()
+    return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
   return tree
 
 

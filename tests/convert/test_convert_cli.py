@@ -196,6 +196,31 @@ def test_import_torchvision_resnet18_via_cli_gives_same_features(tmp_path):
   np.testing.assert_allclose(np.asarray(ours), torch_features(model, images), rtol=1e-4, atol=1e-4)
 
 
+def test_in_memory_state_dicts_both_ways(tmp_path):
+  """import_backbone takes a torch state dict (or a checkpoint dict holding one) as it takes the file, and
+  to_state_dict gives back the same names and arrays, which torchvision loads strictly."""
+  from jssl.convert import to_state_dict
+  model = random_torchvision_resnet('resnet18', seed=3)
+  torch.save(model.state_dict(), tmp_path / 'r18.pth')
+  from_file, ignored_file = import_backbone(str(tmp_path / 'r18.pth'), 'resnet18', 'torchvision', return_ignored=True)
+  from_memory, ignored = import_backbone(model.state_dict(), 'resnet18', 'torchvision', return_ignored=True)
+  assert ignored == ignored_file == ['fc.weight', 'fc.bias']
+  jax.tree.map(np.testing.assert_array_equal, from_memory, from_file)
+  wrapped = import_backbone({'state_dict': {k: v.numpy() for k, v in model.state_dict().items()}}, 'resnet18',
+                            'torchvision')
+  jax.tree.map(np.testing.assert_array_equal, wrapped, from_file)
+  state_dict = to_state_dict(from_memory, 'resnet18', 'torchvision')
+  assert set(state_dict) == torchvision_resnet18_keys()
+  for k, v in state_dict.items():
+    np.testing.assert_array_equal(v, model.state_dict()[k].numpy(), err_msg=k)
+  torchvision.models.resnet18(num_classes=1).load_state_dict(
+      {**{k: torch.from_numpy(np.asarray(v)) for k, v in state_dict.items()},
+       'fc.weight': torch.zeros(1, 512), 'fc.bias': torch.zeros(1)}, strict=True)
+  with pytest.raises(ConversionError, match=r"^the state dict: .*layer1"):
+    import_backbone({k: v for k, v in model.state_dict().items() if not k.startswith('layer1.0.conv1')}, 'resnet18',
+                    'torchvision')
+
+
 def test_replace_backbone_puts_imported_weights_into_a_train_state(small_workdir, tmp_path):
   torch.manual_seed(0)
   config, state, _ = load_workdir(str(small_workdir))
