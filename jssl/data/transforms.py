@@ -205,7 +205,7 @@ def train_transforms(data):
   """The host-side transforms of a training run's records (`data`: config.data): the views' crops, then
   RandAugment where config.data.randaugment names a policy (e.g. 'rand-m9-mstd0.5-inc1', fine-tuning), filled
   with the mean colour as timm's."""
-  crops = [RandomResizedCropViews([dict(v) for v in data.views])]
+  crops = [build_pretrain_transform([dict(v) for v in data.views])]
   if data.get('randaugment'):
     from jssl.data.randaugment import RandAugmentViews
     fill = tuple(min(255, round(255 * m)) for m in data.mean)

@@ -96,9 +96,10 @@ class Features:
     """(train features, train labels, val features, val labels), center-cropped as config.eval says."""
     if self._extractor[0] != self.stage:  # compiled once per run for every state evaluated
       self._extractor = (self.stage, knn.make_extractor(self.extract_fn(), normalizer(self.config), self.trainer.mesh))
-    variables, e = self.variables(state), self.config.eval
-    return sum((knn.extract_features(self._extractor[1], variables, self.trainer.source(split), eval_transform(e),
-                                     e.batch_size, self.trainer.mesh) for split in ('train', 'val')), ())
+    variables, e, t = self.variables(state), self.config.eval, self.trainer
+    extract = lambda split: knn.extract_features(self._extractor[1], variables, t.source(split), eval_transform(e),
+                                                 e.batch_size, t.mesh)
+    return (*extract('train'), *extract('val'))
 
   def training_set(self, state, extract_fn):
     """Features of the whole training set under `state`, for the clustering methods' epoch-level work:
@@ -163,7 +164,7 @@ class Knn(Evaluator):
     return knn.knn_accuracy(*features, k=k or s.k, temperature=s.t, mesh=self.trainer.mesh)
 
   def run(self, ctx):
-    s, stage = self.settings, self.trainer.config.eval.get('feature_stage', -1)
+    s, stage = self.settings, self.trainer.features.stage
     trained = self.accuracy(ctx.features())
     if not ctx.final:
       return Report(scalars={'knn_top1': trained['top1']},

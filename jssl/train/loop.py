@@ -127,7 +127,7 @@ class Trainer:
       if c.init.get('backbone') and not c.init.get('random_init', False) and \
           (self.workdir is None or not workdir_files.checkpoint_steps(self.workdir)):  # a fresh run starts from it
         pretrained.check_pretrained(c, c.init.backbone)
-    evaluates = mode == 'eval' or self.evals
+    evaluates = mode == 'eval' or bool(self.evals)
     if evaluates or self.method.on_epoch is not None:  # the clustering methods extract features every epoch
       sharding.check_divisible('config.eval.batch_size', c.eval.batch_size, devices)
     if evaluates:
